@@ -1,0 +1,5 @@
+import sys
+
+from ttsbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,220 @@
+"""The interface every TTS system implements, and the types that cross it.
+
+The trainer, metrics, suites and report speak only this surface. A system is a `TTSModel`
+subclass with a `Config` dataclass (presets `tiny` and `full`), a `training_step` returning a
+loss dict, `infer` returning a `Synthesis`, and a teacher-forced `alignment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ttsbench.audio import AudioConfig, griffin_lim_from_linear, griffin_lim_from_mel
+from ttsbench.data import Batch
+from ttsbench.schedule import Schedule
+
+Preset = Literal["tiny", "full"]
+
+
+@dataclass
+class ModelConfig:
+    """Fields every system has: the audio front end and the optimisation recipe.
+
+    Subclasses add their architecture fields and define `tiny()` and `full()`.
+    """
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    batch_size: int = 16
+    optimizer: Literal["adam", "adamw", "radam"] = "adam"
+    learning_rate: float = 1e-3
+    lr_schedule: Literal["constant", "noam", "exponential"] = "constant"
+    warmup_steps: int = 0
+    lr_half_life: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip_norm: float | None = 1.0
+    grad_clip_value: float | None = None
+
+    @classmethod
+    def tiny(cls) -> "ModelConfig":
+        raise NotImplementedError  # abstract: every system defines its presets
+
+    @classmethod
+    def full(cls) -> "ModelConfig":
+        raise NotImplementedError  # abstract: every system defines its presets
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        if name not in ("tiny", "full"):
+            raise ValueError(f"unknown preset {name!r}; use tiny or full")
+        return getattr(cls, name)()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Rebuild from `to_dict()` output (e.g. a checkpoint), nested AudioConfig included."""
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if hints[f.name] is AudioConfig and isinstance(value, Mapping):
+                value = AudioConfig(**value)
+            elif isinstance(value, list) and _is_tuple_type(hints[f.name]):
+                value = tuple(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def with_overrides(self, assignments: Iterable[str]) -> "ModelConfig":
+        """Apply `key=value` strings (values parsed as YAML; `audio.n_fft=512` reaches nested)."""
+        config = self
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep:
+                raise ValueError(f"override {assignment!r} is not key=value")
+            config = config.replace_path(key.strip(), yaml.safe_load(raw))
+        return config
+
+    def replace_path(self, dotted: str, value: Any) -> "ModelConfig":
+        head, _, rest = dotted.partition(".")
+        names = {f.name for f in dataclasses.fields(self)}
+        if head not in names:
+            raise ValueError(f"{type(self).__name__} has no field {head!r}; fields: {', '.join(sorted(names))}")
+        current = getattr(self, head)
+        if rest:
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"{head!r} is not a nested config, cannot set {dotted!r}")
+            inner_names = {f.name for f in dataclasses.fields(current)}
+            if rest not in inner_names:
+                raise ValueError(f"{head} has no field {rest!r}; fields: {', '.join(sorted(inner_names))}")
+            return dataclasses.replace(self, **{head: dataclasses.replace(current, **{rest: value})})
+        if isinstance(value, list) and isinstance(current, tuple):
+            value = tuple(value)
+        return dataclasses.replace(self, **{head: value})
+
+
+def _is_tuple_type(hint: Any) -> bool:
+    return hint is tuple or typing.get_origin(hint) is tuple or any(
+        typing.get_origin(a) is tuple or a is tuple for a in typing.get_args(hint)
+    )
+
+
+@dataclass
+class Synthesis:
+    """What `infer` returns for one utterance (numpy, time-major).
+
+    alignment: soft attention [T_text, T_frames] when the model attends; None otherwise.
+    durations: frames per text token when the model has hard durations (or derives them).
+    stopped:   True if decoding ended by the model's own stop rule, False if a guard cut it.
+    """
+
+    mel: np.ndarray
+    audio_config: AudioConfig
+    linear: np.ndarray | None = None
+    linear_audio_config: AudioConfig | None = None
+    alignment: np.ndarray | None = None
+    durations: np.ndarray | None = None
+    stopped: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.mel.shape[0])
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.num_frames * self.audio_config.hop_length / self.audio_config.sample_rate
+
+    def to_audio(self) -> np.ndarray:
+        """Griffin-Lim from the linear spectrogram where the model makes one, else from mel."""
+        if self.linear is not None:
+            return griffin_lim_from_linear(self.linear, self.linear_audio_config or self.audio_config)
+        return griffin_lim_from_mel(self.mel, self.audio_config)
+
+
+@dataclass
+class Alignment:
+    """Teacher-forced alignment of one utterance, trimmed to its true lengths."""
+
+    id: str
+    soft: np.ndarray | None = None  # [T_text, T_frames]
+    durations: np.ndarray | None = None  # [T_text], frames per token
+
+
+class TTSModel(nn.Module, ABC):
+    """A TTS training system behind the harness interface.
+
+    Class attributes set by each system:
+      name:            the registry name (set by `@register`).
+      Config:          its config dataclass.
+      feature_kinds:   cached features its batches need (keys of `ttsbench.data.FEATURES`).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    feature_kinds: ClassVar[tuple[str, ...]] = ("mel",)
+
+    def __init__(self, config: ModelConfig, num_symbols: int):
+        super().__init__()
+        self.config = config
+        self.num_symbols = num_symbols
+
+    # ---- training ---------------------------------------------------------------------------
+    @abstractmethod
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """Forward + losses for one batch. Must contain 'loss'; other keys are logged parts."""
+
+    def schedules(self) -> dict[str, Schedule]:
+        """Scheduled quantities this system uses besides the learning rate (e.g. r, batch_size)."""
+        return {}
+
+    def apply_schedules(self, values: Mapping[str, float]) -> None:
+        """Receive this step's scheduled values (called by the trainer before each step)."""
+
+    def frame_multiple(self) -> int:
+        """Batches' frame axis is padded to a multiple of this (Tacotron's r, DC-TTS's 4)."""
+        return 1
+
+    def feature_audio_configs(self) -> dict[str, AudioConfig]:
+        """Audio settings per feature kind; defaults to the config's front end for all."""
+        return {kind: self.config.audio for kind in self.feature_kinds}
+
+    def on_train_start(self, batches: Sequence[Batch]) -> None:
+        """One-off work before the first step (data-dependent init, SNIP scores)."""
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups clipped separately (two independently trained networks)."""
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook after each update (e.g. re-apply sparsity masks)."""
+
+    # ---- inference --------------------------------------------------------------------------
+    @abstractmethod
+    def infer(self, text_ids: torch.Tensor) -> Synthesis:
+        """Free-running synthesis of one utterance from a 1-D tensor of symbol ids."""
+
+    @abstractmethod
+    def alignment(self, batch: Batch) -> list[Alignment]:
+        """Teacher-forced alignment for each utterance of a batch (for stability measures)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
