@@ -59,6 +59,11 @@ class AudioConfig:
         """Bins of the linear spectrogram."""
         return self.n_fft // 2 + 1
 
+    @property
+    def silence_value(self) -> float:
+        """The compressed value of a silent bin: what padding frames should hold."""
+        return float(np.log(self.log_clamp)) if self.scaling == "log" else 1e-8
+
     def digest(self) -> str:
         """A short stable hash: the feature-cache key part that changes when any setting does."""
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
