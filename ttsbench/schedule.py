@@ -93,7 +93,7 @@ class ExponentialDecay(Schedule):
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return self.peak * (step + 1) / self.warmup
-        return self.peak * 0.5 ** ((step - self.warmup) / self.half_life)
+        return self.peak * 0.5 ** ((step + 1 - self.warmup) / self.half_life)
 
 
 def learning_rate_schedule(kind: str, peak: float, warmup: int, half_life: int = 0) -> Schedule:

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, type[TTSModel]] = {}
-_BUILTIN_MODULES: tuple[str, ...] = ()
+_BUILTIN_MODULES: tuple[str, ...] = ("tacotron", "glow_tts")
 _loaded = False
 
 M = TypeVar("M", bound=type[TTSModel])
@@ -93,11 +93,16 @@ def describe(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def build(name: str, config: ModelConfig | None = None, preset: str = "tiny") -> TTSModel:
-    """Instantiate a system with a config (or its preset) and the shared symbol table."""
+def build(name: str, config: ModelConfig | None = None, preset: str = "tiny", seed: int | None = None) -> TTSModel:
+    """Instantiate a system with a config (or its preset) and the shared symbol table.
+
+    With `seed`, the initial weights depend on the seed alone, so a run is reproducible.
+    """
     from ttsbench.text import SYMBOLS
 
     cls = get(name)
+    if seed is not None:
+        torch.manual_seed(seed)
     return cls(config or cls.Config.preset(preset), num_symbols=len(SYMBOLS))
 
 

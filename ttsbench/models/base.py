@@ -75,7 +75,7 @@ class ModelConfig:
             if hints[f.name] is AudioConfig and isinstance(value, Mapping):
                 value = AudioConfig(**value)
             elif isinstance(value, list) and _is_tuple_type(hints[f.name]):
-                value = tuple(value)
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
             kwargs[f.name] = value
         return cls(**kwargs)
 
@@ -101,10 +101,21 @@ class ModelConfig:
             inner_names = {f.name for f in dataclasses.fields(current)}
             if rest not in inner_names:
                 raise ValueError(f"{head} has no field {rest!r}; fields: {', '.join(sorted(inner_names))}")
+            value = _coerce(dotted, value, getattr(current, rest))
             return dataclasses.replace(self, **{head: dataclasses.replace(current, **{rest: value})})
-        if isinstance(value, list) and isinstance(current, tuple):
-            value = tuple(value)
-        return dataclasses.replace(self, **{head: value})
+        return dataclasses.replace(self, **{head: _coerce(dotted, value, current)})
+
+
+def _coerce(name: str, value: Any, current: Any) -> Any:
+    """Match an override to the field's current type (YAML reads `2e-4` as a string)."""
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(current, float) and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name} needs a number, got {value!r}") from None
+    return value
 
 
 def _is_tuple_type(hint: Any) -> bool:
@@ -117,7 +128,8 @@ def _is_tuple_type(hint: Any) -> bool:
 class Synthesis:
     """What `infer` returns for one utterance (numpy, time-major).
 
-    alignment: soft attention [T_text, T_frames] when the model attends; None otherwise.
+    alignment: soft attention [T_text, T_steps] when the model attends; None for hard
+               alignments (then `durations` carries them). A column covers `frames_per_step`.
     durations: frames per text token when the model has hard durations (or derives them).
     stopped:   True if decoding ended by the model's own stop rule, False if a guard cut it.
     """
@@ -129,6 +141,7 @@ class Synthesis:
     alignment: np.ndarray | None = None
     durations: np.ndarray | None = None
     stopped: bool = True
+    frames_per_step: int = 1
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,11 +161,18 @@ class Synthesis:
 
 @dataclass
 class Alignment:
-    """Teacher-forced alignment of one utterance, trimmed to its true lengths."""
+    """Teacher-forced alignment of one utterance, trimmed to its true lengths.
+
+    soft:            attention [T_text, T_steps] for attention models; None for systems with
+                     hard alignments (MAS, duration predictors), which give `durations` only.
+    durations:       frames per token, summing to the utterance's frames.
+    frames_per_step: frames each `soft` column covers (Tacotron's r, DC-TTS's 4; else 1).
+    """
 
     id: str
-    soft: np.ndarray | None = None  # [T_text, T_frames]
-    durations: np.ndarray | None = None  # [T_text], frames per token
+    soft: np.ndarray | None = None
+    durations: np.ndarray | None = None
+    frames_per_step: int = 1
 
 
 class TTSModel(nn.Module, ABC):
@@ -162,11 +182,13 @@ class TTSModel(nn.Module, ABC):
       name:            the registry name (set by `@register`).
       Config:          its config dataclass.
       feature_kinds:   cached features its batches need (keys of `ttsbench.data.FEATURES`).
+    networks:        independently trained networks, each with its own optimizer and timer.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     feature_kinds: ClassVar[tuple[str, ...]] = ("mel",)
+    networks: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(self, config: ModelConfig, num_symbols: int):
         super().__init__()
@@ -175,8 +197,12 @@ class TTSModel(nn.Module, ABC):
 
     # ---- training ---------------------------------------------------------------------------
     @abstractmethod
-    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        """Forward + losses for one batch. Must contain 'loss'; other keys are logged parts."""
+    def training_step(self, batch: Batch, step: int, network: str = "model") -> dict[str, torch.Tensor]:
+        """Forward + losses for one batch. Must contain 'loss'; other keys are logged parts.
+
+        Systems made of independently trained networks (DC-TTS) list them in `networks`; the
+        trainer then calls this once per network, each with its own optimizer and timer.
+        """
 
     def schedules(self) -> dict[str, Schedule]:
         """Scheduled quantities this system uses besides the learning rate (e.g. r, batch_size)."""
@@ -196,9 +222,9 @@ class TTSModel(nn.Module, ABC):
     def on_train_start(self, batches: Sequence[Batch]) -> None:
         """One-off work before the first step (data-dependent init, SNIP scores)."""
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named groups clipped separately (two independently trained networks)."""
-        return {"model": [p for p in self.parameters() if p.requires_grad]}
+    def network_parameters(self, network: str) -> list[nn.Parameter]:
+        """The parameters one network's optimizer updates (all of them for a single network)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def after_optimizer_step(self, step: int) -> None:
         """Hook after each update (e.g. re-apply sparsity masks)."""

@@ -1,0 +1,1 @@
+"""Text-to-speech alignment: monotonic alignment search (Glow-TTS) in `ttsbench.align.mas`."""

@@ -1,0 +1,1 @@
+"""Measurements shared by every system: alignment, quality, speed and convergence."""

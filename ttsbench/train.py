@@ -1,0 +1,415 @@
+"""The one training loop for every system.
+
+It owns everything that must be identical across systems for the comparison to be fair:
+seeding, data order, the optimizer and learning-rate schedule built from the model config,
+gradient clipping, schedules applied at exact step boundaries, validation, checkpoints, resume
+and the log. A step is identified by its 0-based index, the `step` passed to `training_step`.
+
+Output folder:
+  log.jsonl        one row per logged step: step, seconds (training wall time, evaluation
+                   excluded), samples, epoch, every loss part, every scheduled value, grad_norm
+  val.jsonl        one row per validation: step (= updates done), seconds, samples, metrics
+  checkpoint.pt    the latest checkpoint (atomic write; loaded with weights_only=True)
+  alignments/      teacher-forced validation alignments at each validation step
+  config.json      the model config; result.json the final state (finished or diverged)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ttsbench.audio import AudioConfig
+from ttsbench.data import Batch, Corpus, Example, bucket_batches, collate, load_examples
+from ttsbench.metrics.alignment import diagonal_score, focus_rate
+from ttsbench.metrics.quality import mel_l1_dtw
+from ttsbench.models.base import TTSModel
+from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
+from ttsbench.text import TextProcessor
+
+SPLIT_SEED = 0  # every training seed sees the same train/val split
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; the run stopped and its last checkpoint is kept."""
+
+    def __init__(self, reason: str, step: int):
+        super().__init__(f"diverged at step {step}: {reason}")
+        self.reason = reason
+        self.step = step
+
+
+@dataclass
+class TrainOptions:
+    steps: int
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 1
+    val_every: int = 0
+    checkpoint_every: int = 100
+    val_utterances: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    state: str  # "finished" or "diverged"
+    steps: int
+    seconds: float
+    samples: int
+    out_dir: Path
+    last_losses: dict[str, float]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """cpu, cuda, or auto (cuda when available)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    if spec != "cpu" and not spec.startswith("cuda"):
+        raise ValueError(f"unknown device {spec!r}; use cpu, cuda or auto")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model_examples(model: TTSModel, utterances: Sequence, progress: bool) -> list[Example]:
+    """Examples holding the features the model declares, each computed with its own front end."""
+    by_config: dict[AudioConfig, list[str]] = {}
+    for kind, config in model.feature_audio_configs().items():
+        by_config.setdefault(config, []).append(kind)
+    merged: list[Example] | None = None
+    for config, kinds in by_config.items():
+        examples = load_examples(utterances, config, kinds=kinds, progress=progress)
+        if merged is None:
+            merged = examples
+        else:
+            for target, extra in zip(merged, examples):
+                target.features.update(extra.features)
+    return merged or []
+
+
+def pad_values(model: TTSModel) -> dict[str, float]:
+    return {kind: config.silence_value for kind, config in model.feature_audio_configs().items()}
+
+
+def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per network, all with the recipe of the model config."""
+    return {network: build_optimizer(model, model.network_parameters(network)) for network in model.networks}
+
+
+def build_optimizer(model: TTSModel, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    config = model.config
+    kwargs = dict(lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+    if config.optimizer not in optimizers:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; use {', '.join(optimizers)}")
+    return optimizers[config.optimizer](params, **kwargs)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text("utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a row cut by a kill mid-write: everything after it is untrusted
+    return rows
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    os.replace(tmp, path)
+
+
+def _to_float(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def validate(model: TTSModel, examples: Sequence[Example], pads: Mapping[str, float], device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Model-agnostic validation: free-running synthesis scored against the recordings.
+
+    Returns mean metrics and the teacher-forced soft alignments (for alignment maps).
+    """
+    metrics: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        metrics.setdefault(name, []).append(value)
+
+    for example in examples:
+        synthesis = model.infer(torch.from_numpy(example.text_ids).to(device))
+        reference = example.features["mel"]
+        add("mel_l1_dtw", mel_l1_dtw(reference, synthesis.mel))
+        add("length_ratio", synthesis.num_frames / len(reference))
+        add("stopped", float(synthesis.stopped))
+        if synthesis.alignment is not None:
+            add("free_diagonal_score", diagonal_score(synthesis.alignment))
+            add("free_focus_rate", focus_rate(synthesis.alignment))
+    batch = collate(list(examples), model.frame_multiple(), dict(pads)).to(device)
+    maps = {}
+    for alignment in model.alignment(batch):
+        if alignment.soft is not None:
+            add("diagonal_score", diagonal_score(alignment.soft))
+            add("focus_rate", focus_rate(alignment.soft))
+            maps[alignment.id] = alignment.soft.astype(np.float32)
+    return {k: float(np.mean(v)) for k, v in metrics.items()}, maps
+
+
+class Trainer:
+    """Runs one system on one corpus for a step budget, resuming from OUT if it holds a run."""
+
+    def __init__(self, model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions):
+        self.model = model
+        self.corpus = corpus
+        self.out = Path(out_dir)
+        self.options = options
+        self.device = resolve_device(options.device)
+
+    # ---- state -------------------------------------------------------------------------------
+    def _schedules(self) -> dict[str, Schedule]:
+        config = self.model.config
+        schedules = dict(self.model.schedules())
+        schedules.setdefault("batch_size", Constant(config.batch_size))
+        schedules["lr"] = learning_rate_schedule(
+            config.lr_schedule, config.learning_rate, config.warmup_steps, config.lr_half_life
+        )
+        return schedules
+
+    def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: dict[str, Any]) -> None:
+        atomic_torch_save(
+            {
+                "system": self.model.name,
+                "config": self.model.config.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "torch_rng": torch.get_rng_state(),
+                "step": state["step"],
+                "state": dict(state),
+            },
+            self.out / "checkpoint.pt",
+        )
+
+    def _check_config(self) -> None:
+        path = self.out / "config.json"
+        current = {"system": self.model.name, "config": self.model.config.to_dict(), "seed": self.options.seed}
+        current = json.loads(json.dumps(current))
+        if path.is_file():
+            stored = json.loads(path.read_text("utf-8"))
+            if stored != current:
+                raise ValueError(
+                    f"{self.out} already holds a run of a different system/config/seed; "
+                    "use a new --out folder (or delete the old one)"
+                )
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(current, indent=2), "utf-8")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        options, model = self.options, self.model
+        self._check_config()
+        seed_everything(options.seed)
+        split = self.corpus.split(seed=SPLIT_SEED)
+        train_examples = load_model_examples(model, split["train"], options.progress)
+        val_utts = split["val"][: options.val_utterances] if options.val_utterances else split["val"]
+        val_examples = load_model_examples(model, val_utts, options.progress)
+        pads = pad_values(model)
+        lengths = [e.num_frames for e in train_examples]
+        schedules = self._schedules()
+
+        model.to(self.device)
+        optimizers = build_optimizers(model)
+        log_path, val_path = self.out / "log.jsonl", self.out / "val.jsonl"
+        ckpt_path = self.out / "checkpoint.pt"
+        state = {"step": 0, "seconds": 0.0, "samples": 0, "epoch": 0, "position": 0, "plan_batch_size": 0}
+
+        if ckpt_path.is_file():
+            checkpoint = torch.load(ckpt_path, map_location=self.device, weights_only=True)
+            model.load_state_dict(checkpoint["model"])
+            for name, optimizer in optimizers.items():
+                optimizer.load_state_dict(checkpoint["optimizers"][name])
+            torch.set_rng_state(checkpoint["torch_rng"].cpu())
+            state = dict(checkpoint["state"])
+            _rewrite_jsonl(log_path, [r for r in _read_jsonl(log_path) if r["step"] < state["step"]])
+            _rewrite_jsonl(val_path, [r for r in _read_jsonl(val_path) if r["step"] <= state["step"]])
+        else:
+            for path in (log_path, val_path):
+                path.unlink(missing_ok=True)
+            warm_values = {k: s(0) for k, s in schedules.items()}
+            model.apply_schedules(warm_values)
+            first = bucket_batches(lengths, int(warm_values["batch_size"]), options.seed)[:1]
+            model.on_train_start(
+                [collate([train_examples[i] for i in b], model.frame_multiple(), pads).to(self.device) for b in first]
+            )
+
+        plan: list[list[int]] = []
+        if state["plan_batch_size"]:
+            plan = bucket_batches(lengths, state["plan_batch_size"], options.seed * 100_003 + state["epoch"])
+        previous_values: dict[str, float] = {}
+        last_losses: dict[str, float] = {}
+        bar = tqdm(
+            total=options.steps, initial=state["step"], desc=model.name, unit="step", disable=not options.progress
+        )
+        model.train()
+        try:
+            with log_path.open("a", encoding="utf-8") as log:
+                for step in range(state["step"], options.steps):
+                    values = {k: _to_float(s(step)) for k, s in schedules.items()}
+                    model.apply_schedules(values)
+                    for optimizer in optimizers.values():
+                        for group in optimizer.param_groups:
+                            group["lr"] = values["lr"]
+                    batch_size = int(values["batch_size"])
+                    if batch_size != state["plan_batch_size"] or state["position"] >= len(plan):
+                        # A new batch size starts a new epoch plan; so does the end of the old one.
+                        if state["plan_batch_size"]:
+                            state["epoch"] += 1
+                        state["plan_batch_size"], state["position"] = batch_size, 0
+                        plan = bucket_batches(lengths, batch_size, options.seed * 100_003 + state["epoch"])
+                    indices = plan[state["position"]]
+                    state["position"] += 1
+                    batch = collate([train_examples[i] for i in indices], model.frame_multiple(), pads).to(self.device)
+
+                    losses: dict[str, float] = {}
+                    for network, optimizer in optimizers.items():
+                        started = time.perf_counter()
+                        parts = self._update(network, optimizer, batch, step)
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize()
+                        elapsed = time.perf_counter() - started
+                        state["seconds"] += elapsed
+                        if len(optimizers) == 1:
+                            losses.update(parts)
+                        else:
+                            state[f"seconds/{network}"] = state.get(f"seconds/{network}", 0.0) + elapsed
+                            losses.update({f"{network}/{k}": v for k, v in parts.items()})
+                            losses[f"seconds/{network}"] = round(state[f"seconds/{network}"], 4)
+                    if len(optimizers) > 1:
+                        losses["loss"] = sum(losses[f"{n}/loss"] for n in optimizers)
+                    model.after_optimizer_step(step)
+                    state["samples"] += len(batch)
+                    state["step"] = step + 1
+                    last_losses = losses
+
+                    changed = any(previous_values.get(k) != v for k, v in values.items() if k != "lr")
+                    if changed or step % options.log_every == 0 or step + 1 == options.steps:
+                        row = {
+                            "step": step,
+                            "seconds": round(state["seconds"], 4),
+                            "samples": state["samples"],
+                            "epoch": state["epoch"],
+                            **losses,
+                            **values,
+                        }
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                    previous_values = values
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k not in ("lr",)})
+
+                    done = step + 1 == options.steps
+                    if options.val_every and ((step + 1) % options.val_every == 0 or done) and val_examples:
+                        self._validate(val_examples, pads, state, val_path)
+                    if (step + 1) % options.checkpoint_every == 0 or done:
+                        self._save_checkpoint(optimizers, state)
+        except TrainingDiverged as err:
+            with log_path.open("a", encoding="utf-8") as log:
+                log.write(json.dumps({"step": err.step, "event": "diverged", "reason": err.reason}) + "\n")
+            self._write_result("diverged", state, {"reason": err.reason, "diverged_at_step": err.step})
+            raise
+        finally:
+            bar.close()
+        self._write_result("finished", state, {})
+        return TrainResult("finished", state["step"], state["seconds"], state["samples"], self.out, last_losses)
+
+    def _update(self, network: str, optimizer: torch.optim.Optimizer, batch: Batch, step: int) -> dict[str, float]:
+        """One optimizer step of one network; returns its loss parts and its gradient norm."""
+        model, config = self.model, self.model.config
+        optimizer.zero_grad(set_to_none=True)
+        if model.networks == ("model",):
+            losses = model.training_step(batch, step)
+        else:
+            losses = model.training_step(batch, step, network)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {float(loss.detach())}", step)
+        loss.backward()
+        with_grad = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if config.grad_clip_value is not None:
+            torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value)
+        max_norm = config.grad_clip_norm if config.grad_clip_norm is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"{network} gradient norm is {grad_norm}", step)
+        optimizer.step()
+        return {**{k: _to_float(v) for k, v in losses.items()}, "grad_norm": round(grad_norm, 6)}
+
+    def _validate(self, examples: Sequence[Example], pads: Mapping[str, float], state: dict[str, Any], path: Path) -> None:
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics, maps = validate(self.model, examples, pads, self.device)
+        finally:
+            self.model.train()
+        if maps:
+            (self.out / "alignments").mkdir(exist_ok=True)
+            np.savez_compressed(self.out / "alignments" / f"step_{state['step']:08d}.npz", **maps)
+        row = {"step": state["step"], "seconds": round(state["seconds"], 4), "samples": state["samples"], **metrics}
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def _write_result(self, status: str, state: dict[str, Any], extra: dict[str, Any]) -> None:
+        result = {
+            "state": status,
+            "system": self.model.name,
+            "steps": state["step"],
+            "seconds": state["seconds"],
+            "samples": state["samples"],
+            "parameters": self.model.num_parameters(),
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            **extra,
+        }
+        (self.out / "result.json").write_text(json.dumps(result, indent=2), "utf-8")
+
+
+def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions) -> TrainResult:
+    """Train `model` on `corpus` into `out_dir`; resumes when `out_dir` holds a checkpoint."""
+    return Trainer(model, corpus, out_dir, options).run()
+
+
+def text_to_ids(text: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tensor(TextProcessor().encode(text), dtype=torch.long, device=device)
+
