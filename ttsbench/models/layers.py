@@ -101,3 +101,17 @@ def durations_to_path(durations: torch.Tensor, num_frames: int) -> torch.Tensor:
     frames = torch.arange(num_frames, device=durations.device)
     path = (frames[None, None, :] >= starts[:, :, None]) & (frames[None, None, :] < ends[:, :, None])
     return path.float()
+
+
+def length_regulate(
+    hidden: torch.Tensor, durations: torch.Tensor, max_frames: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FastSpeech's length regulator: repeat token states [B, T_text, C] by integer durations.
+
+    Returns frame states [B, T_frames, C] (zero past each utterance's total) and the totals,
+    clipped to `max_frames` when given. Differentiable with respect to `hidden` only.
+    """
+    totals = durations.sum(dim=1)
+    num_frames = int(totals.max()) if max_frames is None else max_frames
+    path = durations_to_path(durations, max(num_frames, 1)).to(hidden.dtype)
+    return path.transpose(1, 2) @ hidden, totals.clamp(max=num_frames)
