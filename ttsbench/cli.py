@@ -85,6 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
         progress=not args.quiet,
+        threads=args.threads,
     )
     print(f"{args.system} ({args.preset}): {model.num_parameters():,} parameters, corpus {corpus.name}, out {args.out}")
     try:
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--log-every", type=int, default=1)
     tr.add_argument("--val-every", type=int, default=100, help="validation interval in steps (0: never)")
     tr.add_argument("--checkpoint-every", type=int, default=100)
+    tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.add_argument("--out", required=True, help="run folder (log.jsonl, val.jsonl, checkpoint.pt)")
     tr.set_defaults(func=_cmd_train)

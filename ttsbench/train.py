@@ -61,6 +61,7 @@ class TrainOptions:
     checkpoint_every: int = 100
     val_utterances: int | None = None
     progress: bool = True
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
 
 
 @dataclass
@@ -161,7 +162,8 @@ def _to_float(value: Any) -> float:
 def validate(model: TTSModel, examples: Sequence[Example], pads: Mapping[str, float], device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Model-agnostic validation: free-running synthesis scored against the recordings.
 
-    Returns mean metrics and the teacher-forced soft alignments (for alignment maps).
+    Returns mean metrics and the teacher-forced alignments: `ID` -> soft attention where the
+    model attends, `ID/durations` -> frames per token (for alignment maps and stability).
     """
     metrics: dict[str, list[float]] = {}
 
@@ -184,7 +186,27 @@ def validate(model: TTSModel, examples: Sequence[Example], pads: Mapping[str, fl
             add("diagonal_score", diagonal_score(alignment.soft))
             add("focus_rate", focus_rate(alignment.soft))
             maps[alignment.id] = alignment.soft.astype(np.float32)
+        if alignment.durations is not None:
+            maps[f"{alignment.id}/durations"] = np.asarray(alignment.durations, dtype=np.int64)
     return {k: float(np.mean(v)) for k, v in metrics.items()}, maps
+
+
+def duration_change(folder: Path, step: int, maps: Mapping[str, np.ndarray]) -> float | None:
+    """Mean |change| in frames per token since the previous validation's alignment.
+
+    Near zero means the alignment has settled: the step where it first stays low is when a
+    system's durations (MAS, attention argmax) became stable.
+    """
+    earlier = sorted(p for p in folder.glob("step_*.npz") if int(p.stem[5:]) < step) if folder.is_dir() else []
+    if not earlier:
+        return None
+    with np.load(earlier[-1]) as previous:
+        diffs = [
+            np.abs(previous[key].astype(np.int64) - value).mean()
+            for key, value in maps.items()
+            if key.endswith("/durations") and key in previous and previous[key].shape == value.shape
+        ]
+    return float(np.mean(diffs)) if diffs else None
 
 
 class Trainer:
@@ -240,6 +262,8 @@ class Trainer:
     def run(self) -> TrainResult:
         options, model = self.options, self.model
         self._check_config()
+        if options.threads:
+            torch.set_num_threads(options.threads)
         seed_everything(options.seed)
         split = self.corpus.split(seed=SPLIT_SEED)
         train_examples = load_model_examples(model, split["train"], options.progress)
@@ -383,9 +407,13 @@ class Trainer:
                 metrics, maps = validate(self.model, examples, pads, self.device)
         finally:
             self.model.train()
+        folder = self.out / "alignments"
+        change = duration_change(folder, state["step"], maps)
+        if change is not None:
+            metrics["duration_change"] = change
         if maps:
-            (self.out / "alignments").mkdir(exist_ok=True)
-            np.savez_compressed(self.out / "alignments" / f"step_{state['step']:08d}.npz", **maps)
+            folder.mkdir(exist_ok=True)
+            np.savez_compressed(folder / f"step_{state['step']:08d}.npz", **maps)
         row = {"step": state["step"], "seconds": round(state["seconds"], 4), "samples": state["samples"], **metrics}
         with path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
