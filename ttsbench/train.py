@@ -111,6 +111,22 @@ def pad_values(model: TTSModel) -> dict[str, float]:
     return {kind: config.silence_value for kind, config in model.feature_audio_configs().items()}
 
 
+class LazyBatches(Sequence):
+    """Batches collated and moved to the device only when indexed (SNIP may ask for hundreds)."""
+
+    def __init__(self, plan: list[list[int]], examples: Sequence[Example], frame_multiple: int,
+                 pads: Mapping[str, float], device: torch.device):
+        self.plan, self.examples, self.frame_multiple = plan, examples, frame_multiple
+        self.pads, self.device = dict(pads), device
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> Batch:  # type: ignore[override]
+        batch = collate([self.examples[i] for i in self.plan[index]], self.frame_multiple, self.pads)
+        return batch.to(self.device)
+
+
 def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
     """One optimizer per network, all with the recipe of the model config."""
     return {network: build_optimizer(model, model.network_parameters(network)) for network in model.networks}
@@ -293,9 +309,9 @@ class Trainer:
                 path.unlink(missing_ok=True)
             warm_values = {k: s(0) for k, s in schedules.items()}
             model.apply_schedules(warm_values)
-            first = bucket_batches(lengths, int(warm_values["batch_size"]), options.seed)[:1]
+            plan_indices = bucket_batches(lengths, int(warm_values["batch_size"]), options.seed)
             model.on_train_start(
-                [collate([train_examples[i] for i in b], model.frame_multiple(), pads).to(self.device) for b in first]
+                LazyBatches(plan_indices[: model.warmup_batches_needed()], train_examples, model.frame_multiple(), pads, self.device)
             )
 
         plan: list[list[int]] = []

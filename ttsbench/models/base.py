@@ -165,7 +165,8 @@ class Alignment:
 
     soft:            attention [T_text, T_steps] for attention models; None for systems with
                      hard alignments (MAS, duration predictors), which give `durations` only.
-    durations:       frames per token, summing to the utterance's frames.
+    durations:       frames per token. They sum to the utterance's frames for aligners (attention,
+                     MAS); a duration model's own prediction (rl-duration) need not.
     frames_per_step: frames each `soft` column covers (Tacotron's r, DC-TTS's 4; else 1).
     """
 
@@ -219,8 +220,15 @@ class TTSModel(nn.Module, ABC):
         """Audio settings per feature kind; defaults to the config's front end for all."""
         return {kind: self.config.audio for kind in self.feature_kinds}
 
+    def warmup_batches_needed(self) -> int:
+        """How many training batches `on_train_start` wants (SNIP scores over k batches)."""
+        return 1
+
     def on_train_start(self, batches: Sequence[Batch]) -> None:
-        """One-off work before the first step (data-dependent init, SNIP scores)."""
+        """One-off work before the first step (data-dependent init, SNIP scores).
+
+        `batches` is a lazy sequence: each index collates a batch and moves it to the device.
+        """
 
     def network_parameters(self, network: str) -> list[nn.Parameter]:
         """The parameters one network's optimizer updates (all of them for a single network)."""

@@ -7,6 +7,8 @@ before every convolution so padding never leaks into valid steps through the ker
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,3 +117,102 @@ def length_regulate(
     num_frames = int(totals.max()) if max_frames is None else max_frames
     path = durations_to_path(durations, max(num_frames, 1)).to(hidden.dtype)
     return path.transpose(1, 2) @ hidden, totals.clamp(max=num_frames)
+
+
+def sinusoidal_positions(length: int, channels: int, device: torch.device | None = None) -> torch.Tensor:
+    """Transformer position table [length, channels]: sin on even channels, cos on odd ones."""
+    positions = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    frequencies = torch.exp(
+        torch.arange(0, channels, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / channels)
+    )
+    table = torch.zeros(length, channels, device=device)
+    table[:, 0::2] = torch.sin(positions * frequencies)
+    table[:, 1::2] = torch.cos(positions * frequencies[: channels // 2])
+    return table
+
+
+class ScaledPositionalEncoding(nn.Module):
+    """x + alpha * sinusoid on [B, C, T], with alpha learned (ESPnet's scaled positional encoding).
+
+    The learned scale lets the model balance position against content instead of fixing the
+    ratio by sqrt(C) scaling of the input.
+    """
+
+    def __init__(self, channels: int, dropout: float = 0.0, initial_alpha: float = 1.0):
+        super().__init__()
+        self.channels = channels
+        self.alpha = nn.Parameter(torch.tensor(initial_alpha))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        table = sinusoidal_positions(x.shape[2], self.channels, x.device).to(x.dtype)
+        return self.dropout(x + self.alpha * table.T.unsqueeze(0)) * mask
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Scaled dot-product self-attention over [B, C, T]; padded keys get no weight."""
+
+    def __init__(self, channels: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.query = nn.Linear(channels, channels)
+        self.key = nn.Linear(channels, channels)
+        self.value = nn.Linear(channels, channels)
+        self.output = nn.Linear(channels, channels)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, channels, length = x.shape
+        time_major = x.transpose(1, 2)
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, H, T, C/H]
+            return t.view(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
+
+        key_mask = mask.bool().unsqueeze(1)  # [B, 1, 1, T]: every query sees the valid keys
+        attended = F.scaled_dot_product_attention(
+            split_heads(self.query(time_major)),
+            split_heads(self.key(time_major)),
+            split_heads(self.value(time_major)),
+            attn_mask=key_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        merged = attended.transpose(1, 2).reshape(batch, length, channels)
+        return self.output(merged).transpose(1, 2) * mask
+
+
+class FFTBlock(nn.Module):
+    """FastSpeech's feed-forward Transformer block: self-attention, then a convolutional FFN.
+
+    normalize_before=True is the pre-LN form of ESPnet (x + f(LN(x)); the stack then needs a
+    final LayerNorm); False is the post-LN form of the FastSpeech papers (LN(x + f(x))).
+    attention_dropout drops attention weights; on CPU any value above 0 also forces PyTorch's
+    unfused attention, which over long mel sequences costs more than the rest of the block.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        filter_channels: int,
+        kernel_size: int,
+        dropout: float = 0.0,
+        normalize_before: bool = True,
+        attention_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.normalize_before = normalize_before
+        self.attention = MultiHeadSelfAttention(channels, num_heads, attention_dropout)
+        self.attention_norm = ChannelLayerNorm(channels, eps=1e-5)
+        self.feed_forward = ConvFeedForward(channels, filter_channels, kernel_size, dropout)
+        self.feed_forward_norm = ChannelLayerNorm(channels, eps=1e-5)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.normalize_before:
+            x = x + self.dropout(self.attention(self.attention_norm(x), mask))
+            x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x), mask))
+            return x * mask
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x, mask))) * mask
