@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -136,6 +137,135 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audio_files(folder: str) -> dict[str, Path]:
+    from ttsbench.data import AUDIO_SUFFIXES
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    return {f.stem: f for f in sorted(root.iterdir()) if f.suffix.lower() in AUDIO_SUFFIXES}
+
+
+def _read_mono(path: Path, rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 audio, resampled to `rate` when given (the synthesis to the recording's rate)."""
+    import librosa
+    import soundfile as sf
+
+    data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = data.mean(axis=1)
+    if rate is not None and file_rate != rate:
+        return librosa.resample(audio, orig_sr=file_rate, target_sr=rate), rate
+    return audio, file_rate
+
+
+def _read_texts(metadata: str) -> dict[str, str]:
+    """id -> text of an LJSpeech-style `id|text[|normalized_text]` file (normalised text preferred)."""
+    texts = {}
+    for line_no, line in enumerate(Path(metadata).read_text("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < 2:
+            raise ValueError(f"{metadata}:{line_no}: expected 'id|text|normalized_text'")
+        texts[fields[0].strip()] = (fields[2] if len(fields) > 2 and fields[2].strip() else fields[1]).strip()
+    return texts
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ttsbench.metrics.quality import METRICS, resolve_metrics, score_pair, summarise
+
+    try:
+        references, syntheses = _audio_files(args.ref), _audio_files(args.syn)
+        texts = _read_texts(args.text) if args.text else {}
+        requested = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+        names = resolve_metrics(requested, have_reference=True, have_text=bool(args.text))
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
+    only_ref, only_syn = sorted(set(references) - set(syntheses)), sorted(set(syntheses) - set(references))
+    if only_ref or only_syn or not references:
+        if not references:
+            print(f"error: no .wav or .flac files in {args.ref}", file=sys.stderr)
+        if only_ref:
+            print(f"error: no synthesis in {args.syn} for: {', '.join(only_ref)}", file=sys.stderr)
+        if only_syn:
+            print(f"error: no reference in {args.ref} for: {', '.join(only_syn)}", file=sys.stderr)
+        return 2
+    needs_text = any(METRICS[n].needs_text for n in names)
+    if needs_text and (untexted := sorted(set(references) - set(texts))):
+        print(f"error: {args.text} has no text for: {', '.join(untexted)}", file=sys.stderr)
+        return 2
+    if requested is None and not args.text:
+        print("note: no --text, so wer and cer are left out")
+
+    rows, scores, failures = [], [], []
+    for utt_id in tqdm(sorted(references), desc="score", unit="utt", disable=args.quiet):
+        reference, rate = _read_mono(references[utt_id])
+        synthesis, _ = _read_mono(syntheses[utt_id], rate)
+        try:
+            values = score_pair(reference, synthesis, rate, texts.get(utt_id), names)
+        except ValueError as err:
+            failures.append(f"{utt_id}: {err}")
+            values = {name: float("nan") for name in names}
+        scores.append(values)
+        rows += [
+            {"kind": "utterance", "id": utt_id, "metric": n, "unit": METRICS[n].unit, "value": v, "n": 1}
+            for n, v in values.items()
+        ]
+    summary = summarise(scores)
+    for name, (mean, std, count) in summary.items():
+        unit = METRICS[name].unit
+        rows.append({"kind": "mean", "id": "", "metric": name, "unit": unit, "value": mean, "n": count})
+        rows.append({"kind": "std", "id": "", "metric": name, "unit": unit, "value": std, "n": count})
+    table = pd.DataFrame(rows, columns=["kind", "id", "metric", "unit", "value", "n"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+
+    print(f"{len(references)} pairs, {args.ref} (reference) vs {args.syn} (synthesis) -> {args.out}")
+    print(f"{'metric':<12} {'unit':<9} {'mean':>9} {'std':>9} {'n':>4}  better")
+    for name, (mean, std, count) in summary.items():
+        better = "higher" if METRICS[name].higher_is_better else "lower"
+        print(f"{name:<12} {METRICS[name].unit:<9} {mean:>9.3f} {std:>9.3f} {count:>4}  {better}")
+    for failure in failures:
+        print(f"not scored (NaN): {failure}", file=sys.stderr)
+    return 0
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, summarise_rtf
+    from ttsbench.models import load_checkpoint
+    from ttsbench.train import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        model, checkpoint = load_checkpoint(args.checkpoint, device)
+    except FileNotFoundError:
+        print(f"error: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
+    sentences = length_spread_sentences(args.sentences)
+    table = measure_rtf(model, sentences, repeats=args.repeats, warmup=args.warmup, progress=not args.quiet)
+    env = table.attrs
+    print(f"{checkpoint['system']} at step {checkpoint['step']}: batch 1, {args.warmup} warm-up + median of "
+          f"{args.repeats} runs, device {env['device']} ({env['device_name']}), {env['threads']} threads, "
+          f"torch {env['torch']}")
+    print("RTF = synthesis seconds / audio seconds: lower is faster (below 1 is faster than real time)")
+    print(table.drop(columns=["id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    summary = summarise_rtf(table)
+    print("median RTF: acoustic {rtf_acoustic:.3f}, vocoder {rtf_vocoder:.3f}, total {rtf_total:.3f}; "
+          "median latency {total_seconds:.3f} s".format(**summary))
+    print(f"peak memory: {env['memory_method']}")
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"table written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttsbench", description="Benchmark TTS training recipes side by side.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("-o", "--output", required=True, help="output .wav")
     sy.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     sy.set_defaults(func=_cmd_synth)
+
+    sc = sub.add_parser("score", help="score synthesised wavs against recordings matched by file name")
+    sc.add_argument("--ref", required=True, help="folder of reference recordings (.wav/.flac)")
+    sc.add_argument("--syn", required=True, help="folder of syntheses with the same file names")
+    sc.add_argument("--text", help="LJSpeech-style metadata.csv (id|text|normalized_text) for wer/cer")
+    sc.add_argument("--metrics", help="comma-separated names (default: all the inputs allow); "
+                    "see ttsbench.metrics.quality.METRICS")
+    sc.add_argument("--out", required=True, help="CSV: one row per utterance and metric, then mean/std rows")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc.set_defaults(func=_cmd_score)
+
+    sp = sub.add_parser("speed", help="real-time factor of a checkpoint over LJSpeech test sentences")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--sentences", type=int, default=8, help="sentences spread from shortest to longest")
+    sp.add_argument("--repeats", type=int, default=3, help="timed runs per sentence (median reported)")
+    sp.add_argument("--warmup", type=int, default=1, help="untimed runs per sentence first")
+    sp.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    sp.add_argument("--out", help="also write the table as CSV")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_speed)
     return parser
 
 
