@@ -132,6 +132,16 @@ def linear_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     return _compress(_stft_magnitude(audio, config), config).T.copy()
 
 
+def linear_to_mel(linear: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The compressed mel [frames, n_mels] that a compressed linear spectrogram implies.
+
+    Lets a system that predicts a linear spectrogram (DC-TTS's SSRN) report the full-rate mel
+    that the vocoder will hear, computed exactly as `mel_spectrogram` computes it from audio.
+    """
+    magnitude = _decompress(np.asarray(linear, dtype=np.float64), config).T
+    return _compress(_mel_basis(config) @ magnitude, config).T.copy()
+
+
 def num_frames(num_samples: int, config: AudioConfig) -> int:
     """Frames the centred STFT produces for `num_samples` samples."""
     return 1 + num_samples // config.hop_length

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, type[TTSModel]] = {}
-_BUILTIN_MODULES: tuple[str, ...] = ("tacotron", "glow_tts", "fastspeech2", "rl_duration")
+_BUILTIN_MODULES: tuple[str, ...] = ("tacotron", "dc_tts", "glow_tts", "fastspeech2", "rl_duration")
 _loaded = False
 
 M = TypeVar("M", bound=type[TTSModel])
