@@ -12,6 +12,18 @@ import pytest  # noqa: E402
 from ttsbench.data import Corpus, load_corpus  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for every test: the tiny models lose more to thread hand-offs than
+    they gain, and on a busy 2-core machine two threads made torch several times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def embedded_corpus() -> Corpus:
     return load_corpus("embedded")

@@ -22,15 +22,6 @@ from ttsbench.models.dc_tts import DCTTS, DCTTSConfig
 from ttsbench.text import SYMBOLS
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: with 2 shared cores, more threads make torch many times slower here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def short_examples(embedded_corpus: Corpus) -> list[Example]:
     """The three shortest clips (about 1.8 to 2.6 s) with DC-TTS mel and linear features."""

@@ -29,14 +29,6 @@ OVERFIT_STEPS = 40
 SCHEDULE_OVERRIDE = "sniper_schedule=[[0, 0.4], [3, 0.2], [5, 0.3], [8, 0.1], [10, 0.0]]"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(*overrides: str) -> FastSpeech2Sniper:
     config = FastSpeech2Config.tiny().with_overrides(overrides)
     return models.build("fastspeech2-sniper", config, seed=0)

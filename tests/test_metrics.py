@@ -21,7 +21,6 @@ from ttsbench.audio import AudioConfig
 from ttsbench.metrics import alignment, convergence, quality, speed
 from ttsbench.models.base import ModelConfig, Synthesis, TTSModel
 
-torch.set_num_threads(1)
 CLIP_ID = "LJ001-0002"
 WRONG_TEXT = "Seven purple elephants marched quietly over the frozen mountain lake at dawn."
 

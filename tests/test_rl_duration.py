@@ -42,16 +42,6 @@ REQUIRED_KEYS = {
 REFERENCE_PARAMETERS_WITHOUT_EMBEDDING = 4_126_824
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: GRUs over a few hundred frames lose more to thread hand-offs than
-    they gain on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def short_examples(embedded_corpus: Corpus) -> list[Example]:
     """The three shortest clips (about 1.8 to 2.6 s, 30 to 50 characters)."""

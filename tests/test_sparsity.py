@@ -12,14 +12,6 @@ from ttsbench.models.layers import ChannelLayerNorm
 from ttsbench.sparsity import SparsityController, prunable_parameters, prune_order, snip_scores, zero_fraction
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TinyNet(nn.Module):
     """Every kind of parameter the rule must sort: embeddings, norms (one without "norm" in its
     name, as ESPnet's postnet BatchNorm `postnet.N.1`), weights and biases."""

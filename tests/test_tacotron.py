@@ -23,16 +23,6 @@ SILENCE = math.log(1e-5)
 PAD_VALUES = {"mel": SILENCE, "linear": SILENCE}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: a tiny model decoded step by step loses more to thread hand-offs than
-    it gains (several times slower with 2 threads on a busy 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def short_examples(embedded_corpus: Corpus) -> list[Example]:
     """The three shortest clips (about 1.8 to 2.6 s) with mel and linear features."""
