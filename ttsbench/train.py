@@ -37,7 +37,6 @@ from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.quality import mel_l1_dtw
 from ttsbench.models.base import TTSModel
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
-from ttsbench.text import TextProcessor
 
 SPLIT_SEED = 0  # every training seed sees the same train/val split
 
@@ -452,8 +451,3 @@ class Trainer:
 def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions) -> TrainResult:
     """Train `model` on `corpus` into `out_dir`; resumes when `out_dir` holds a checkpoint."""
     return Trainer(model, corpus, out_dir, options).run()
-
-
-def text_to_ids(text: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.tensor(TextProcessor().encode(text), dtype=torch.long, device=device)
-
