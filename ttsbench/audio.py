@@ -121,6 +121,12 @@ def _decompress(features: np.ndarray, config: AudioConfig) -> np.ndarray:
     return np.power(10.0, db / 20.0)
 
 
+def natural_log_mel(features: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """Any compressed mel in natural-log magnitude (floored at 1e-5), so "log" and "db01" features
+    are on one scale: the validation curve compares systems whose front ends differ (DC-TTS)."""
+    return np.log(np.maximum(_decompress(np.asarray(features, dtype=np.float64), config), 1e-5)).astype(np.float32)
+
+
 def mel_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     """Compressed mel magnitude spectrogram, shape [frames, n_mels] (time-major like the models)."""
     mel = _mel_basis(config) @ _stft_magnitude(audio, config)

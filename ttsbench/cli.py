@@ -266,6 +266,52 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ttsbench.suite import SuiteError, load_suite, run_suite
+
+    try:
+        suite = load_suite(args.suite)
+    except SuiteError as err:
+        print(err, file=sys.stderr)
+        return 2
+    spec = suite.executor
+    if args.executor:
+        spec = replace(spec, type=args.executor)
+    if args.address:
+        spec = replace(spec, address=args.address)
+    if args.parallel:
+        spec = replace(spec, parallel=args.parallel)
+    if args.retries is not None:
+        spec = replace(spec, retries=args.retries)
+    try:
+        summary = run_suite(suite, args.out, spec, progress=not args.quiet)
+    except (RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    counts = Counter(summary.states.values())
+    print(f"done: {summary.total} jobs, {summary.skipped} skipped as already done, "
+          + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f"; results in {args.out}")
+    if summary.failed:
+        print(f"failed jobs (see {args.out}/jobs.json): {', '.join(summary.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ttsbench.report import build_report
+
+    out = args.out or str(Path("reports") / Path(args.run).resolve().name)
+    try:
+        index = build_report(args.run, out, benchmarks=args.benchmarks, price_per_hour=args.price_per_hour)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {index} (and results.csv beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttsbench", description="Benchmark TTS training recipes side by side.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="also write the table as CSV")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_speed)
+    ru = sub.add_parser("run", help="run a suite's job matrix; re-running the same command resumes")
+    ru.add_argument("suite", help="suite YAML file (see suites/)")
+    ru.add_argument("--out", required=True, help="run folder: results.jsonl, jobs.json, jobs/JOB/")
+    ru.add_argument("--executor", choices=("local", "ray"), help="default: the suite's `executor.type` (local)")
+    ru.add_argument("--address", help="Ray cluster address (auto, ray://HOST:10001); default: a local instance")
+    ru.add_argument("--parallel", type=int, help="jobs at a time (default: the suite's, usually 1)")
+    ru.add_argument("--retries", type=int, help="retries of a failed job before it is recorded as failed")
+    ru.add_argument("--quiet", action="store_true", help="no progress bars")
+    ru.set_defaults(func=_cmd_run)
+
+    rp = sub.add_parser("report", help="render a run folder as one self-contained HTML page plus results.csv")
+    rp.add_argument("run", help="run folder written by `ttsbench run`")
+    rp.add_argument("--out", help="output folder (default: reports/RUN_NAME)")
+    rp.add_argument("--benchmarks", help="pytest-benchmark JSON (default: RUN/benchmarks.json when present)")
+    rp.add_argument("--price-per-hour", type=float, help="USD per device-hour for the cost table "
+                    "(default: the suite's price_per_hour)")
+    rp.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ttsbench.audio import AudioConfig
+from ttsbench.audio import AudioConfig, natural_log_mel
 from ttsbench.data import Batch, Corpus, Example, bucket_batches, collate, load_examples
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.quality import mel_l1_dtw
@@ -61,6 +61,7 @@ class TrainOptions:
     val_utterances: int | None = None
     progress: bool = True
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    max_seconds: float | None = None  # a wall-time budget in training seconds; whichever ends first
 
 
 @dataclass
@@ -177,18 +178,22 @@ def _to_float(value: Any) -> float:
 def validate(model: TTSModel, examples: Sequence[Example], pads: Mapping[str, float], device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Model-agnostic validation: free-running synthesis scored against the recordings.
 
-    Returns mean metrics and the teacher-forced alignments: `ID` -> soft attention where the
-    model attends, `ID/durations` -> frames per token (for alignment maps and stability).
+    mel_l1_dtw is taken on natural-log mel magnitudes whatever the model's scaling, so the
+    curves share units; DC-TTS's filterbank and framing still differ from the others', so its
+    curve is comparable in scale, not bin for bin. Returns mean metrics and the teacher-forced
+    alignments: `ID` -> soft attention where the model attends, `ID/durations` -> frames per
+    token (for alignment maps and stability).
     """
     metrics: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
         metrics.setdefault(name, []).append(value)
 
+    mel_config = model.feature_audio_configs()["mel"]
     for example in examples:
         synthesis = model.infer(torch.from_numpy(example.text_ids).to(device))
-        reference = example.features["mel"]
-        add("mel_l1_dtw", mel_l1_dtw(reference, synthesis.mel))
+        reference = natural_log_mel(example.features["mel"], mel_config)
+        add("mel_l1_dtw", mel_l1_dtw(reference, natural_log_mel(synthesis.mel, synthesis.audio_config)))
         add("length_ratio", synthesis.num_frames / len(reference))
         add("stopped", float(synthesis.stopped))
         if synthesis.alignment is not None:
@@ -324,7 +329,8 @@ class Trainer:
         model.train()
         try:
             with log_path.open("a", encoding="utf-8") as log:
-                for step in range(state["step"], options.steps):
+                spent = options.max_seconds is not None and state["seconds"] >= options.max_seconds
+                for step in range(state["step"], state["step"] if spent else options.steps):
                     values = {k: _to_float(s(step)) for k, s in schedules.items()}
                     model.apply_schedules(values)
                     for optimizer in optimizers.values():
@@ -363,7 +369,9 @@ class Trainer:
                     last_losses = losses
 
                     changed = any(previous_values.get(k) != v for k, v in values.items() if k != "lr")
-                    if changed or step % options.log_every == 0 or step + 1 == options.steps:
+                    out_of_time = options.max_seconds is not None and state["seconds"] >= options.max_seconds
+                    done = step + 1 == options.steps or out_of_time
+                    if changed or step % options.log_every == 0 or done:
                         row = {
                             "step": step,
                             "seconds": round(state["seconds"], 4),
@@ -378,11 +386,12 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k not in ("lr",)})
 
-                    done = step + 1 == options.steps
                     if options.val_every and ((step + 1) % options.val_every == 0 or done) and val_examples:
                         self._validate(val_examples, pads, state, val_path)
                     if (step + 1) % options.checkpoint_every == 0 or done:
                         self._save_checkpoint(optimizers, state)
+                    if out_of_time:
+                        break
         except TrainingDiverged as err:
             with log_path.open("a", encoding="utf-8") as log:
                 log.write(json.dumps({"step": err.step, "event": "diverged", "reason": err.reason}) + "\n")

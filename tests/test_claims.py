@@ -1,0 +1,133 @@
+"""Verdict rules on planted numbers: every claim can hold, fail, or be inconclusive."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from ttsbench.claims import FAILS, HOLDS, INCONCLUSIVE, compare, judge
+
+THRESHOLDS = {"alignment": 0.5, "duration_change": 1.0, "mel_l1_dtw": 1.0}
+
+
+def rows(variant: str, seed: int, metric: str, values, steps=None, seconds=None, item: str = ""):
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    steps = steps or [100 * (i + 1) for i in range(len(values))]
+    seconds = seconds or [10.0 * s / 100 for s in steps]
+    return [{"variant": variant, "system": variant, "seed": seed, "metric": metric, "value": v, "step": st,
+             "seconds": se, "item": item} for v, st, se in zip(values, steps, seconds)]
+
+
+def frame(*groups) -> pd.DataFrame:
+    return pd.DataFrame([r for group in groups for r in group])
+
+
+def test_compare_reads_seed_ranges():
+    assert compare([1, 2], [3, 4], lower_is_better=True) == "better"
+    assert compare([3, 4], [1, 2], lower_is_better=True) == "worse"
+    assert compare([1, 3], [2, 4], lower_is_better=True) == "overlap"
+    assert compare([5, 6], [1, 2], lower_is_better=False) == "better"
+    assert compare([math.inf, math.inf], [math.inf], lower_is_better=True) == "overlap"  # neither got there
+    assert compare([100.0], [math.inf], lower_is_better=True) == "better"
+
+
+def alignment_curve(variant, seed, first_aligned_step):
+    """Diagonal score 0.2 until `first_aligned_step`, 0.7 from then on (and mel L1 likewise)."""
+    steps = [100, 200, 300, 400]
+    diag = [0.7 if s >= first_aligned_step else 0.2 for s in steps]
+    mel = [0.8 if s >= first_aligned_step else 2.0 for s in steps]
+    return rows(variant, seed, "val/diagonal_score", diag, steps) + rows(variant, seed, "val/mel_l1_dtw", mel, steps)
+
+
+@pytest.mark.parametrize("gradual_steps, fixed_steps, expected", [
+    ((100, 200), (300, 400), HOLDS),
+    ((300, 400), (100, 200), FAILS),
+    ((100, 300), (200, 400), INCONCLUSIVE),
+    ((10**9, 10**9), (10**9, 10**9), INCONCLUSIVE),  # neither aligns within the budget
+])
+def test_gradual_training(gradual_steps, fixed_steps, expected):
+    results = frame(*[alignment_curve("grad", seed, s) for seed, s in enumerate(gradual_steps)],
+                    *[alignment_curve("fixed", seed, s) for seed, s in enumerate(fixed_steps)])
+    [verdict] = judge(results, {"gradual_training": {"gradual": "grad", "fixed": "fixed"}}, THRESHOLDS)
+    assert verdict.verdict == expected
+    assert len(verdict.checks) == 4  # alignment and mel target, each in steps and in seconds
+
+
+def speed_rows(variant, seed, rtf, mcd, parameters=1000):
+    return (rows(variant, seed, "rtf/acoustic", rtf, [None], [None], "s1")
+            + rows(variant, seed, "eval/mcd", mcd, [None], [None], "u1")
+            + rows(variant, seed, "parameters", parameters))
+
+
+@pytest.mark.parametrize("glow, taco, expected", [
+    ([(0.01, 8.0), (0.012, 8.5)], [(0.2, 8.2), (0.25, 8.1)], HOLDS),       # much faster, similar MCD
+    ([(0.01, 12.0), (0.012, 12.5)], [(0.2, 8.2), (0.25, 8.1)], FAILS),      # faster but clearly worse
+    ([(0.3, 8.0), (0.35, 8.5)], [(0.2, 8.2), (0.25, 8.1)], FAILS),          # slower
+    ([(0.01, 8.0), (0.3, 8.5)], [(0.2, 8.2), (0.25, 8.1)], INCONCLUSIVE),   # speed ranges overlap
+])
+def test_glow_speed(glow, taco, expected):
+    results = frame(*[speed_rows("glow", s, r, m) for s, (r, m) in enumerate(glow)],
+                    *[speed_rows("taco", s, r, m) for s, (r, m) in enumerate(taco)])
+    [verdict] = judge(results, {"glow_speed": {"parallel": "glow", "autoregressive": "taco"}}, THRESHOLDS)
+    assert verdict.verdict == expected
+    assert any("speed-up" in note for note in verdict.notes)
+
+
+def dc_rows(variant, seed, aligned_at_seconds):
+    steps = [100, 200, 300]
+    seconds = [50.0, 100.0, 150.0]
+    diag = [0.7 if s >= aligned_at_seconds else 0.1 for s in seconds]
+    return (rows(variant, seed, "val/diagonal_score", diag, steps, seconds)
+            + rows(variant, seed, "train/seconds/text2mel", 120.0) + rows(variant, seed, "train/seconds/ssrn", 30.0))
+
+
+@pytest.mark.parametrize("dc, taco, expected", [
+    ((50, 50), (150, 150), HOLDS),
+    ((150, 150), (50, 100), FAILS),
+    ((50, 150), (100, 100), INCONCLUSIVE),
+])
+def test_dctts_fast(dc, taco, expected):
+    results = frame(*[dc_rows("dc", s, a) for s, a in enumerate(dc)], *[dc_rows("taco", s, a) for s, a in enumerate(taco)])
+    [verdict] = judge(results, {"dctts_fast": {"system": "dc", "baseline": "taco"}}, THRESHOLDS)
+    assert verdict.verdict == expected
+
+
+def sniper_rows(variant, seed, early_loss, final_mel):
+    steps = [1, 2, 3, 4, 5, 6, 7, 8]
+    loss = [early_loss] * 2 + [1.0] * 6
+    return rows(variant, seed, "train/loss", loss, steps) + rows(variant, seed, "val/mel_l1_dtw", [3.0, final_mel], [4, 8])
+
+
+@pytest.mark.parametrize("planted, expected", [
+    ({"sn": [(2.0, 1.0), (2.1, 1.1)], "dense": [(3.0, 1.05), (3.1, 1.0)], "const": [(2.5, 1.5), (2.6, 1.6)]}, HOLDS),
+    # at the end clearly worse than dense
+    ({"sn": [(2.0, 1.5), (2.1, 1.6)], "dense": [(3.0, 1.0), (3.1, 1.1)], "const": [(2.5, 1.8), (2.6, 1.9)]}, FAILS),
+    # early losses overlap with dense; the rest holds
+    ({"sn": [(2.0, 1.0), (3.5, 1.1)], "dense": [(3.0, 1.05), (3.1, 1.0)], "const": [(2.5, 1.5), (2.6, 1.6)]},
+     INCONCLUSIVE),
+])
+def test_sniper(planted, expected):
+    results = frame(*[sniper_rows(v, s, e, f) for v, seeds in planted.items() for s, (e, f) in enumerate(seeds)])
+    [verdict] = judge(results, {"sniper": {"sniper": "sn", "dense": "dense", "constant": "const"}}, THRESHOLDS)
+    assert verdict.verdict == expected
+
+
+@pytest.mark.parametrize("published, remedied, expected", [
+    ((2.0, 0.4), (1.05, 0.95), HOLDS),       # published 2x / 0.4x off, remedied within 5 %
+    ((1.05, 0.95), (1.02, 1.0), FAILS),      # published also learns
+    ((2.0, 0.4), (1.05, 1.6), INCONCLUSIVE),  # remedied seeds disagree
+])
+def test_rl_durations(published, remedied, expected):
+    results = frame(*[rows("pub", s, "val/length_ratio", [3.0, r]) for s, r in enumerate(published)],
+                    *[rows("rem", s, "val/length_ratio", [3.0, r]) for s, r in enumerate(remedied)])
+    [verdict] = judge(results, {"rl_durations": {"published": "pub", "remedied": "rem"}}, THRESHOLDS)
+    assert verdict.verdict == expected
+
+
+def test_a_claim_without_rows_says_so():
+    results = frame(rows("a", 0, "val/length_ratio", 1.0))
+    [verdict] = judge(results, {"rl_durations": {"published": "a", "remedied": "missing"}}, THRESHOLDS)
+    assert verdict.verdict == INCONCLUSIVE
+    assert "missing" in verdict.notes[0]

@@ -1,0 +1,172 @@
+"""End to end: `ttsbench run suites/smoke.yaml`, a SIGKILL and resume, and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ttsbench import models
+from ttsbench.report import build_report
+from ttsbench.results import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "suites" / "smoke.yaml"
+SCREENSHOTS = ROOT / "reports" / "test-screenshots"
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ttsbench", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    done = run_cli("run", str(SMOKE), "--out", str(out), "--quiet", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_report(smoke_run, tmp_path_factory) -> Path:
+    return build_report(smoke_run, tmp_path_factory.mktemp("report"))
+
+
+def row_keys(results: pd.DataFrame) -> list[tuple]:
+    """What identifies a row across runs (values and timings differ run to run)."""
+    frame = results[["variant", "seed", "metric", "step", "item"]].astype(object).fillna("").astype(str)
+    return [tuple(r) for r in frame.itertuples(index=False)]
+
+
+def test_smoke_suite_runs_every_system(smoke_run):
+    store = RunStore(smoke_run)
+    jobs = store.jobs()
+    assert {info["system"] for info in jobs.values()} == set(models.names()) | {"recording"}
+    assert all(info["state"] == "finished" for info in jobs.values()), jobs
+    results = store.results()
+    keys = row_keys(results)
+    assert len(keys) == len(set(keys)), "duplicate rows"
+    for system in models.names():
+        mine = results[results["system"] == system]
+        assert set(mine["step"].dropna()) >= {2.0, 4.0}  # validation points at the suite's interval
+        assert {"val/mel_l1_dtw", "eval/mcd", "rtf/total", "train/steps_per_second", "parameters"} <= set(mine["metric"])
+        assert mine.loc[mine["metric"] == "train/steps", "value"].iloc[0] == 4
+    ceiling = results[(results["variant"] == "vocoder-ceiling") & (results["metric"] == "eval/pesq")]["value"]
+    assert 2.5 < ceiling.iloc[0] < 4.6  # Griffin-Lim of a real recording: degraded, not destroyed
+
+
+def test_rerun_skips_finished_jobs(smoke_run):
+    before = RunStore(smoke_run).results_path.read_bytes()
+    again = run_cli("run", str(SMOKE), "--out", str(smoke_run), "--quiet", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "6 already done, 0 to run" in again.stdout
+    assert RunStore(smoke_run).results_path.read_bytes() == before
+
+
+def test_sigkill_mid_job_then_resume_loses_and_duplicates_nothing(smoke_run, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "ttsbench", "run", str(SMOKE), "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = RunStore(out)
+    killed_job = None
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            done = store.jobs() if store.jobs_path.is_file() else {}
+            # a job past its first checkpoint but still training (no result.json yet), after one job landed
+            training = [d.name for d in (out / "jobs").glob("*")
+                        if (d / "checkpoint.pt").is_file() and not (d / "result.json").is_file()] if done else []
+            if training:
+                killed_job = training[0]
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert killed_job, "never caught a job mid-training"
+    assert killed_job not in store.jobs()
+
+    resumed = run_cli("run", str(SMOKE), "--out", str(out), "--quiet", timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    attempts = (out / "jobs" / killed_job / "attempts.jsonl").read_text().splitlines()
+    assert len(attempts) == 2  # the killed attempt and the resumed one
+    log_steps = [json.loads(line)["step"] for line in (out / "jobs" / killed_job / "log.jsonl").read_text().splitlines()]
+    assert log_steps == sorted(set(log_steps)), "the resumed training repeated or lost logged steps"
+
+    uninterrupted, recovered = row_keys(RunStore(smoke_run).results()), row_keys(store.results())
+    assert len(recovered) == len(set(recovered)), "duplicate rows after resume"
+    assert set(recovered) == set(uninterrupted)
+
+
+def test_report_has_every_section_and_system(smoke_report):
+    html = smoke_report.read_text("utf-8")
+    for section in ("summary", "convergence", "speed", "alignment", "samples", "hard", "benchmarks", "cost", "jobs",
+                    "environment"):
+        assert f'<section id="{section}">' in html
+    for system in models.names():
+        assert f'<td class="name">{system}</td>' in html
+    assert html.count("data:audio/wav;base64,") == 2 + len(models.names())  # recording, vocoder, each system
+    assert "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+    table = pd.read_csv(smoke_report.parent / "results.csv")
+    assert set(table["system"]) == set(models.names()) | {"recording"}
+
+
+def test_user_text_is_escaped(smoke_run, tmp_path):
+    """A transcript or description carrying markup is shown as text, never run as script."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("results.jsonl", "jobs.json", "run.json", "environment.json"):
+        shutil.copy(smoke_run / name, run / name)
+    suite = json.loads((smoke_run / "suite.json").read_text())
+    suite["description"] = "<b>bold</b> & <img src=x onerror=alert(2)>"
+    (run / "suite.json").write_text(json.dumps(suite))
+    shutil.copytree(smoke_run / "jobs" / "reference" / "samples", run / "jobs" / "reference" / "samples")
+    for text in (run / "jobs" / "reference" / "samples").glob("*.txt"):
+        text.write_text("Printing <script>alert(1)</script> in the only sense.")
+    html = build_report(run, tmp_path / "report").read_text("utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;img src=x onerror=alert(2)&gt;" in html
+    assert "<img src=x" not in html
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def render(page: Path, screenshot: Path) -> str:
+    """Headless Chromium renders `page` and saves a screenshot; returns its log (console lines included)."""
+    done = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+         "--v=0", "--window-size=1300,2400", f"--screenshot={screenshot}", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert screenshot.is_file(), done.stderr[-2000:]
+    return done.stdout + done.stderr
+
+
+def console_messages(log: str) -> list[str]:
+    return [line for line in log.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (apt-get install chromium); "
+                    "the report is not checked in a browser")
+def test_report_renders_in_headless_chromium_without_console_errors(smoke_report, tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>undefinedFunction();</script></body></html>")
+    assert console_messages(render(broken, tmp_path / "broken.png")), "the console check cannot see errors"
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "smoke-report.png"
+    log = render(smoke_report, shot)
+    assert console_messages(log) == []
+    assert shot.stat().st_size > 50_000  # a rendered page with tables and plots, not a blank canvas

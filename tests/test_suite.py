@@ -1,0 +1,126 @@
+"""Suite files: validation with file:line errors, the job matrix and config hashes, the run store."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ttsbench.results import RunStore
+from ttsbench.suite import SuiteError, load_suite
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "cpu.yaml", "claims.yaml", "ljspeech-gpu.yaml"])
+def test_shipped_suites_load(name):
+    suite = load_suite(SUITES / name)
+    jobs = suite.jobs()
+    assert jobs[0].kind == "reference"
+    assert len(jobs) == 1 + len(suite.systems) * len(suite.seeds)
+    assert len({j.id for j in jobs}) == len(jobs)
+
+
+def test_smoke_covers_every_system():
+    from ttsbench import models
+
+    assert {e.system for e in load_suite(SUITES / "smoke.yaml").systems} == set(models.names())
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def test_every_problem_is_named_with_its_line(tmp_path):
+    path = write(tmp_path, """\
+name: broken
+seeds: [0, 0]
+budget: {stepz: 3}
+evaluation:
+  metrics: [mcd, loudness]
+systems:
+  - system: glow-tts
+    set: {hidden_channelz: 3}
+  - system: no-such-tts
+  - system: dc-tts
+    variant: twin
+  - system: rl-duration
+    variant: twin
+claims:
+  sniper: {sniper: fs2}
+""")
+    with pytest.raises(SuiteError) as caught:
+        load_suite(path)
+    problems = caught.value.problems
+    text = "\n".join(problems)
+    assert f"{path}:2: seeds: seeds repeat" in text
+    assert f"{path}:3: budget.stepz: unknown key" in text
+    assert f"{path}:5: evaluation.metrics[1]: unknown metric 'loudness'" in text
+    assert f"{path}:8: systems[0].set.hidden_channelz: unknown key" in text
+    assert f"{path}:9: systems[1].system: unknown system 'no-such-tts'" in text
+    assert f"{path}:13: systems[3].variant: variant 'twin' repeats" in text
+    assert f"{path}:15: claims.sniper: needs a variant for 'dense'" in text
+    assert f"{path}:15: claims.sniper.sniper: no system entry has variant 'fs2'" in text
+
+
+def test_invalid_override_value_and_yaml_syntax(tmp_path):
+    with pytest.raises(SuiteError, match=r"suite.yaml:3: systems\[0\].set: invalid override"):
+        load_suite(write(tmp_path, "systems:\n  - system: fastspeech2-sniper\n    set: {sparsity_variant: sometimes}\n"))
+    with pytest.raises(SuiteError, match=r"suite.yaml:2: not valid YAML"):
+        load_suite(write(tmp_path, "seeds: [0]\nsystems:\t- glow-tts\n"))
+
+
+def test_config_hash_follows_what_shapes_the_numbers(tmp_path):
+    base = "seeds: [0, 1]\nbudget: {steps: 10}\nsystems:\n  - {system: glow-tts%s}\n"
+    plain = load_suite(write(tmp_path, base % "")).jobs()
+    assert plain[1].config_hash == plain[2].config_hash  # seeds share a recipe; the seed is its own column
+    changed = load_suite(write(tmp_path, base % ", set: {hidden_channels: 32}")).jobs()
+    assert changed[1].config_hash != plain[1].config_hash
+    longer = load_suite(write(tmp_path, base.replace("steps: 10", "steps: 11") % "")).jobs()
+    assert longer[1].config_hash != plain[1].config_hash
+    # the description does not change any number
+    described = load_suite(write(tmp_path, "description: hello\n" + base % "")).jobs()
+    assert described[1].config_hash == plain[1].config_hash
+
+
+def store_with_run(tmp_path: Path) -> RunStore:
+    store = RunStore(tmp_path / "run")
+    store.open({"name": "t"}, {"device": "cpu"})
+    return store
+
+
+JOB = {"id": "glow_seed0", "system": "glow-tts", "variant": "glow", "seed": 0, "config_hash": "abc"}
+
+
+def test_store_replaces_a_jobs_rows_instead_of_duplicating(tmp_path):
+    store = store_with_run(tmp_path)
+    other = {**JOB, "id": "glow_seed1", "seed": 1}
+    store.record(other, "finished", [{"metric": "val/mel_l1_dtw", "value": 2.0, "step": 4}])
+    store.record(JOB, "finished", [{"metric": "val/mel_l1_dtw", "value": 1.0, "step": 4}])
+    store.record(JOB, "finished", [{"metric": "val/mel_l1_dtw", "value": 1.5, "step": 4}])
+    results = store.results()
+    assert len(results) == 2
+    assert results.set_index("job").loc["glow_seed0", "value"] == 1.5
+    assert store.is_done("glow_seed0", "abc") and not store.is_done("glow_seed2", "abc")
+    with pytest.raises(ValueError, match="use a new --out folder"):
+        store.is_done("glow_seed0", "def")
+
+
+def test_store_keeps_nan_and_inf_readable(tmp_path):
+    store = store_with_run(tmp_path)
+    store.record(JOB, "finished", [{"metric": "a", "value": math.nan}, {"metric": "b", "value": math.inf}])
+    for line in store.results_path.read_text("utf-8").splitlines():
+        json.loads(line)  # strict JSON: no bare NaN or Infinity
+    values = store.results().set_index("metric")["value"]
+    assert math.isnan(values["a"]) and values["b"] == math.inf
+
+
+def test_store_rejects_rows_without_metric_or_value(tmp_path):
+    store = store_with_run(tmp_path)
+    with pytest.raises(ValueError, match="lacks value"):
+        store.record(JOB, "finished", [{"metric": "a"}])
+    assert not store.results_path.exists()  # nothing half-written

@@ -1,0 +1,314 @@
+"""Claims: the headline result behind each system, replayed on our data and judged from the rows.
+
+A suite's `claims:` section names which of its variants play which part in each claim, e.g.
+
+    claims:
+      gradual_training: {gradual: tacotron-gradual, fixed: tacotron-r2}
+      glow_speed:       {parallel: glow-tts, autoregressive: tacotron-gradual}
+      dctts_fast:       {system: dc-tts, baseline: tacotron-gradual}
+      sniper:           {sniper: fs2-sniper, dense: fs2-dense, constant: fs2-constant}
+      rl_durations:     {published: rl-published, remedied: rl-remedied}
+
+Every claim is made of checks; each check compares one per-seed quantity between two
+variants by the spread of the seeds (min..max), never by one lucky run:
+- "A lower than B" holds when every seed of A is below every seed of B, does not hold when
+  every seed of A is above every seed of B (for "higher", mirrored), and is inconclusive when
+  the two ranges overlap. "A no worse than B" (and "similar") holds unless A's whole range is
+  worse than B's whole range.
+A claim holds when all its checks hold, does not hold when any check does not, and is
+inconclusive otherwise. Quantities a seed never reached (inf) compare as equal, so "neither
+aligned within the budget" reads as inconclusive, not as a win.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ttsbench.metrics.convergence import time_to_threshold
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+
+
+@dataclass
+class Check:
+    name: str
+    rule: str
+    verdict: str
+    a: str
+    b: str
+    a_values: list[float]
+    b_values: list[float]
+
+
+@dataclass
+class Verdict:
+    claim: str
+    title: str
+    verdict: str
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    gpu_scale: str = ""
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per check: its rule, verdict and both sides' per-seed values."""
+        return [
+            {"claim": self.claim, "check": c.name, "rule": c.rule, "verdict": c.verdict, "a": c.a,
+             "a_values": c.a_values, "b": c.b, "b_values": c.b_values}
+            for c in self.checks
+        ]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-seed quantities from result rows
+
+
+def _variant(results: pd.DataFrame, variant: str) -> pd.DataFrame:
+    rows = results[results["variant"] == variant]
+    if rows.empty:
+        raise LookupError(f"the results hold no rows of variant {variant!r}")
+    return rows
+
+
+def per_seed(results: pd.DataFrame, variant: str, quantity: Callable[[pd.DataFrame], float]) -> list[float]:
+    """`quantity` of each seed's rows, in seed order."""
+    rows = _variant(results, variant)
+    return [float(quantity(group)) for _, group in sorted(rows.groupby("seed"), key=lambda kv: kv[0])]
+
+
+def final_value(metric: str) -> Callable[[pd.DataFrame], float]:
+    """The metric at the seed's last step (a curve) or its mean over items (an evaluation)."""
+    def quantity(rows: pd.DataFrame) -> float:
+        picked = rows[rows["metric"] == metric].dropna(subset=["value"])
+        if picked.empty:
+            return math.nan
+        if picked["step"].notna().any() and (picked["item"] == "").all():
+            return float(picked.sort_values("step")["value"].iloc[-1])
+        return float(picked["value"].mean())
+    return quantity
+
+
+def median_value(metric: str) -> Callable[[pd.DataFrame], float]:
+    def quantity(rows: pd.DataFrame) -> float:
+        values = rows.loc[rows["metric"] == metric, "value"].dropna()
+        return float(values.median()) if len(values) else math.nan
+    return quantity
+
+
+def time_to(metric: str, threshold: float, higher: bool, axis: str = "step") -> Callable[[pd.DataFrame], float]:
+    """Steps (or training seconds) until the validation curve first reaches `threshold`; inf if never."""
+    def quantity(rows: pd.DataFrame) -> float:
+        curve = rows[rows["metric"] == metric][["step", "seconds", "value"]].rename(columns={"value": metric})
+        if curve.empty:
+            return math.nan
+        steps, seconds = time_to_threshold(curve.dropna(subset=[metric]), metric, threshold, higher)
+        return steps if axis == "step" else seconds
+    return quantity
+
+
+def early_mean(metric: str, fraction: float) -> Callable[[pd.DataFrame], float]:
+    """Mean of a training curve over the first `fraction` of the seed's steps."""
+    def quantity(rows: pd.DataFrame) -> float:
+        curve = rows[rows["metric"] == metric].dropna(subset=["value", "step"])
+        if curve.empty:
+            return math.nan
+        return float(curve[curve["step"] <= curve["step"].max() * fraction]["value"].mean())
+    return quantity
+
+
+def abs_log(quantity: Callable[[pd.DataFrame], float]) -> Callable[[pd.DataFrame], float]:
+    return lambda rows: abs(math.log(quantity(rows))) if quantity(rows) > 0 else math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing spreads
+
+
+def _range(values: Sequence[float]) -> tuple[float, float]:
+    return min(values), max(values)
+
+
+def compare(a: Sequence[float], b: Sequence[float], lower_is_better: bool) -> str:
+    """"better", "worse" or "overlap": A's seed range against B's, inf equal to inf."""
+    if not a or not b or any(math.isnan(v) for v in [*a, *b]):
+        return "missing"
+    (a_lo, a_hi), (b_lo, b_hi) = _range(a), _range(b)
+    if not lower_is_better:
+        (a_lo, a_hi), (b_lo, b_hi) = (-a_hi, -a_lo), (-b_hi, -b_lo)
+    if a_hi < b_lo:
+        return "better"
+    if a_lo > b_hi:
+        return "worse"
+    return "overlap"
+
+
+def check_better(name: str, a: str, a_values: list[float], b: str, b_values: list[float], lower_is_better: bool,
+                 what: str) -> Check:
+    outcome = compare(a_values, b_values, lower_is_better)
+    word = "lower" if lower_is_better else "higher"
+    rule = f"{what}: every seed of {a} {word} than every seed of {b}"
+    verdict = {"better": HOLDS, "worse": FAILS}.get(outcome, INCONCLUSIVE)
+    return Check(name, rule, verdict, a, b, a_values, b_values)
+
+
+def check_no_worse(name: str, a: str, a_values: list[float], b: str, b_values: list[float], lower_is_better: bool,
+                   what: str) -> Check:
+    outcome = compare(a_values, b_values, lower_is_better)
+    rule = f"{what}: {a} no worse than {b} (fails only if every seed of {a} is worse than every seed of {b})"
+    verdict = INCONCLUSIVE if outcome == "missing" else FAILS if outcome == "worse" else HOLDS
+    return Check(name, rule, verdict, a, b, a_values, b_values)
+
+
+def combine(checks: Sequence[Check]) -> str:
+    verdicts = [c.verdict for c in checks]
+    if FAILS in verdicts:
+        return FAILS
+    if verdicts and all(v == HOLDS for v in verdicts):
+        return HOLDS
+    return INCONCLUSIVE
+
+
+# --------------------------------------------------------------------------------------------
+# The five claims
+
+
+def gradual_training(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapping[str, float]) -> Verdict:
+    gradual, fixed = roles["gradual"], roles["fixed"]
+    align, mel = thresholds["alignment"], thresholds["mel_l1_dtw"]
+    checks = []
+    for axis, unit in (("step", "steps"), ("seconds", "training seconds")):
+        checks.append(check_better(
+            f"aligns sooner ({unit})", gradual,
+            per_seed(results, gradual, time_to("val/diagonal_score", align, True, axis)), fixed,
+            per_seed(results, fixed, time_to("val/diagonal_score", align, True, axis)), True,
+            f"{unit} until validation diagonal score >= {align}"))
+        checks.append(check_better(
+            f"reaches mel target sooner ({unit})", gradual,
+            per_seed(results, gradual, time_to("val/mel_l1_dtw", mel, False, axis)), fixed,
+            per_seed(results, fixed, time_to("val/mel_l1_dtw", mel, False, axis)), True,
+            f"{unit} until validation mel L1 (DTW) <= {mel}"))
+    return Verdict("gradual_training", "Gradual training (r schedule) aligns and converges sooner than fixed r=2",
+                   combine(checks), checks,
+                   ["The validation curve scores mel L1 after DTW (MCD is too slow for every validation point); "
+                    "it stands in for 'validation MCD'."],
+                   "Coqui's schedule changes r at 10k-290k steps; a tiny run sees a compressed schedule.")
+
+
+def glow_speed(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapping[str, float]) -> Verdict:
+    parallel, autoregressive = roles["parallel"], roles["autoregressive"]
+    fast = per_seed(results, parallel, median_value("rtf/acoustic"))
+    slow = per_seed(results, autoregressive, median_value("rtf/acoustic"))
+    checks = [
+        check_better("faster synthesis (acoustic RTF)", parallel, fast, autoregressive, slow, True,
+                     "median acoustic-model RTF over test sentences of several lengths"),
+        check_no_worse("similar quality (MCD)", parallel, per_seed(results, parallel, final_value("eval/mcd")),
+                       autoregressive, per_seed(results, autoregressive, final_value("eval/mcd")), True,
+                       "MCD on the test utterances"),
+    ]
+    ratios = [s / f for s, f in zip(slow, fast) if f > 0]
+    params = {v: per_seed(results, v, final_value("parameters"))[0] for v in (parallel, autoregressive)}
+    notes = [f"speed-up (autoregressive RTF / parallel RTF) per seed: {', '.join(f'{r:.1f}x' for r in ratios)}; "
+             "the paper reports 15.7x against Tacotron 2 on a GPU.",
+             f"parameters: {parallel} {params[parallel]:,.0f}, {autoregressive} {params[autoregressive]:,.0f} "
+             f"(ratio {params[parallel] / params[autoregressive]:.2f})."]
+    if not 0.5 <= params[parallel] / params[autoregressive] <= 2:
+        notes.append("parameter counts differ by more than 2x: not a matched comparison.")
+    return Verdict("glow_speed", "Glow-TTS synthesises much faster than autoregressive Tacotron at similar quality",
+                   combine(checks), checks, notes, "Speed holds at any scale; 'similar quality' needs trained models.")
+
+
+def dctts_fast(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapping[str, float]) -> Verdict:
+    system, baseline = roles["system"], roles["baseline"]
+    align = thresholds["alignment"]
+    checks = [check_better(
+        "Text2Mel aligns sooner (training seconds)", system,
+        per_seed(results, system, time_to("val/diagonal_score", align, True, "seconds")), baseline,
+        per_seed(results, baseline, time_to("val/diagonal_score", align, True, "seconds")), True,
+        f"training seconds until validation diagonal score >= {align}")]
+    notes = []
+    for network in ("text2mel", "ssrn"):
+        seconds = per_seed(results, system, final_value(f"train/seconds/{network}"))
+        notes.append(f"{network}: {', '.join(f'{s:.0f}' for s in seconds)} training seconds per seed")
+    notes.append("The paper: Text2Mel 27.9 h + SSRN 5.35 h on one GPU (cost table in the report).")
+    return Verdict("dctts_fast", "DC-TTS trains quickly: Text2Mel aligns sooner than Tacotron", combine(checks),
+                   checks, notes, "The published 15 h figure is for full LJSpeech on a GPU.")
+
+
+def sniper(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapping[str, float]) -> Verdict:
+    sniper_v, dense, constant = roles["sniper"], roles["dense"], roles["constant"]
+    final = final_value("val/mel_l1_dtw")
+    checks = [
+        check_better("lower training loss early", sniper_v, per_seed(results, sniper_v, early_mean("train/loss", 0.25)),
+                     dense, per_seed(results, dense, early_mean("train/loss", 0.25)), True,
+                     "mean training loss over the first quarter of steps"),
+        check_better("better than constant sparsity at the end", sniper_v, per_seed(results, sniper_v, final),
+                     constant, per_seed(results, constant, final), True, "final validation mel L1 (DTW)"),
+        check_no_worse("no worse than dense at the end", sniper_v, per_seed(results, sniper_v, final), dense,
+                       per_seed(results, dense, final), True, "final validation mel L1 (DTW)"),
+    ]
+    return Verdict("sniper", "SNIPER: lower loss than dense early; at the end better than constant sparsity, "
+                   "no worse than dense", combine(checks), checks,
+                   ["A sparse network's training loss is of the pruned network; the final comparisons use the "
+                    "shared validation measure."],
+                   "SNIPER's gains were at 8 k steps of a 384-wide model; the tiny preset compresses the schedule.")
+
+
+def rl_durations(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapping[str, float]) -> Verdict:
+    published, remedied = roles["published"], roles["remedied"]
+    error = abs_log(final_value("val/length_ratio"))
+    limit = math.log(1.25)
+    pub, rem = per_seed(results, published, error), per_seed(results, remedied, error)
+    checks = [
+        check_better("remedied durations closer to the recordings", remedied, rem, published, pub, True,
+                     "final |ln(synthesised length / recorded length)| on validation"),
+        Check("remedied learns durations", f"every seed of {remedied} within 25% of the recorded length",
+              HOLDS if rem and max(rem) <= limit else FAILS if rem and min(rem) > limit else INCONCLUSIVE,
+              remedied, "", rem, []),
+        Check("published does not learn durations", f"every seed of {published} off by more than 25%",
+              HOLDS if pub and min(pub) > limit else FAILS if pub and max(pub) <= limit else INCONCLUSIVE,
+              published, "", pub, []),
+    ]
+    return Verdict("rl_durations", "RL durations: the published recipe does not learn durations; the remedied one does",
+                   combine(checks), checks, [f"25% length error is |ln ratio| = {limit:.3f}."],
+                   "Length error is decided within a few hundred steps; whether the remedied policy's durations "
+                   "are good enough for intelligible speech needs a full run.")
+
+
+ClaimRule = Callable[[pd.DataFrame, Mapping[str, str], Mapping[str, float]], Verdict]
+CLAIMS: dict[str, tuple[tuple[str, ...], ClaimRule]] = {
+    "gradual_training": (("gradual", "fixed"), gradual_training),
+    "glow_speed": (("parallel", "autoregressive"), glow_speed),
+    "dctts_fast": (("system", "baseline"), dctts_fast),
+    "sniper": (("sniper", "dense", "constant"), sniper),
+    "rl_durations": (("published", "remedied"), rl_durations),
+}
+
+
+def judge(results: pd.DataFrame, claims: Mapping[str, Mapping[str, str]], thresholds: Mapping[str, float]) -> list[Verdict]:
+    """A verdict per claim of the suite; a claim whose variants have no rows is inconclusive, saying so."""
+    verdicts = []
+    for claim, roles in claims.items():
+        needed, rule = CLAIMS[claim]
+        missing_roles = [r for r in needed if r not in roles]
+        if missing_roles:
+            verdicts.append(Verdict(claim, claim, INCONCLUSIVE, notes=[f"the suite names no {', '.join(missing_roles)}"]))
+            continue
+        try:
+            verdicts.append(rule(results, roles, thresholds))
+        except LookupError as err:
+            verdicts.append(Verdict(claim, claim, INCONCLUSIVE, notes=[str(err.args[0])]))
+    return verdicts
+
+
+def format_values(values: Sequence[float]) -> str:
+    """Seed values and their spread, e.g. '0.41, 0.52 (0.41..0.52)'."""
+    if not values:
+        return "-"
+    shown = ", ".join("never" if math.isinf(v) else f"{v:.3g}" for v in values)
+    finite = [v for v in values if np.isfinite(v)]
+    return shown if len(values) == 1 or not finite else f"{shown} (median {np.median(values):.3g})"

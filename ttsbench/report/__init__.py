@@ -1,0 +1,331 @@
+"""Render a run folder as one self-contained HTML page (plots and audio inline) plus results.csv.
+
+Every number on the page is computed here from the run's result rows (results.jsonl) and its
+job states; the alignment maps, spectrograms and players come from the files the jobs left in
+RUNDIR/jobs/. Text that came from users or corpora (transcripts, suite descriptions, error
+messages) is escaped by Jinja's autoescape, never inserted as markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from ttsbench.claims import HOLDS, FAILS, final_value, format_values, judge, median_value, per_seed, time_to
+from ttsbench.report import plots
+from ttsbench.results import RunStore
+
+REFERENCE_VARIANTS = ("recording", "vocoder-ceiling")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A summary-table column: a per-seed quantity, then median (and range) across seeds."""
+
+    title: str
+    tip: str
+    quantity: Callable[[pd.DataFrame], float]
+    digits: int = 3
+    reference: bool = False  # also shown for the recording and the vocoder ceiling
+
+
+def _sum_items(metrics: tuple[str, ...]) -> Callable[[pd.DataFrame], float]:
+    def quantity(rows: pd.DataFrame) -> float:
+        picked = rows[rows["metric"].isin(metrics)]["value"].dropna()
+        return float(picked.sum()) if len(picked) else math.nan
+    return quantity
+
+
+def _time_to_alignment(thresholds: Mapping[str, float], axis: str) -> Callable[[pd.DataFrame], float]:
+    """Soft-attention systems: diagonal score reaches the threshold. Hard-alignment systems
+    (MAS, duration policies) score trivially there, so for them: durations stop moving."""
+    def quantity(rows: pd.DataFrame) -> float:
+        if (rows["metric"] == "val/diagonal_score").any():
+            return time_to("val/diagonal_score", thresholds["alignment"], True, axis)(rows)
+        if (rows["metric"] == "val/duration_change").any():
+            return time_to("val/duration_change", thresholds["duration_change"], False, axis)(rows)
+        return math.nan
+    return quantity
+
+
+def summary_columns(thresholds: Mapping[str, float]) -> list[Column]:
+    return [
+        Column("parameters", "trainable parameters", final_value("parameters"), 0),
+        Column("steps", "optimizer steps trained", final_value("train/steps"), 0),
+        Column("train min", "training wall minutes (evaluation excluded)",
+               lambda r: final_value("train/seconds")(r) / 60, 2),
+        Column("steps/s", "training steps per second", final_value("train/steps_per_second"), 2),
+        Column("align step", f"first validation step with diagonal score >= {thresholds['alignment']} "
+               f"(attention) or duration change <= {thresholds['duration_change']} frames/token (hard alignment)",
+               _time_to_alignment(thresholds, "step"), 0),
+        Column("align s", "the same, in training seconds", _time_to_alignment(thresholds, "seconds"), 0),
+        Column("val mel L1", "final validation mel L1 after DTW (free-running)", final_value("val/mel_l1_dtw")),
+        Column("diag.", "final teacher-forced diagonal score (attention systems)", final_value("val/diagonal_score")),
+        Column("focus", "final teacher-forced focus rate (attention systems)", final_value("val/focus_rate")),
+        Column("MCD dB", "mel-cepstral distortion (DTW, order 24) on test utterances", final_value("eval/mcd"), 2, True),
+        Column("F0 RMSE ¢", "log-F0 RMSE in cents on frames voiced in both", final_value("eval/f0_rmse"), 1, True),
+        Column("PESQ", "wide-band PESQ on the time-aligned synthesis", final_value("eval/pesq"), 2, True),
+        Column("STOI", "STOI on the time-aligned synthesis", final_value("eval/stoi"), 3, True),
+        Column("WER", "pocketsphinx word error rate", final_value("eval/wer"), 3, True),
+        Column("CER", "pocketsphinx character error rate", final_value("eval/cer"), 3, True),
+        Column("MOS est.", "DNSMOS P.835 overall (no reference)", final_value("eval/dnsmos_ovrl"), 2, True),
+        Column("RTF", "median real-time factor, acoustic model + Griffin-Lim (lower is faster)",
+               median_value("rtf/total")),
+        Column("RTF acoustic", "median real-time factor of the acoustic model alone", median_value("rtf/acoustic")),
+        Column("hard fails", "hard sentences cut by the length guard or stopped early",
+               _sum_items(("hard/hit_guard", "hard/stopped_early")), 0),
+        Column("skipped words", "words skipped on hard sentences (ASR, else the alignment path)",
+               lambda r: _sum_items(("hard/asr_skipped",))(r) if (r["metric"] == "hard/asr_skipped").any()
+               else _sum_items(("hard/path_skipped",))(r), 0),
+    ]
+
+
+def _format(values: list[float], digits: int) -> str:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return ""
+
+    def one(v: float) -> str:
+        if math.isinf(v):
+            return "never"
+        return f"{v:,.{digits}f}"
+
+    median = float(np.median(finite))
+    if len(finite) == 1 or min(finite) == max(finite):
+        return one(median)
+    return f"{one(median)} ({one(min(finite))}–{one(max(finite))})"
+
+
+def summary_table(results: pd.DataFrame, thresholds: Mapping[str, float]) -> tuple[list[Column], list[dict[str, Any]]]:
+    """Rows per variant: cells 'median (min–max across seeds)'; empty columns dropped."""
+    columns = summary_columns(thresholds)
+    variants = [v for v in results["variant"].drop_duplicates() if v not in REFERENCE_VARIANTS]
+    variants += [v for v in REFERENCE_VARIANTS if v in set(results["variant"])]
+    rows = []
+    for variant in variants:
+        reference = variant in REFERENCE_VARIANTS
+        variant_rows = results[results["variant"] == variant]
+        cells = {}
+        for column in columns:
+            if reference and not column.reference:
+                cells[column.title] = ""
+                continue
+            cells[column.title] = _format(per_seed(results, variant, column.quantity), column.digits)
+        rows.append({"variant": variant, "system": variant_rows["system"].iloc[0],
+                     "seeds": int(variant_rows["seed"].nunique()), "reference": reference, "cells": cells})
+    kept = [c for c in columns if any(r["cells"][c.title] for r in rows)]
+    rows = [r for r in rows if not r["reference"] or any(r["cells"][c.title] for c in kept)]
+    return kept, rows
+
+
+def markdown_summary(columns: list[Column], rows: list[dict[str, Any]], keep: tuple[str, ...]) -> str:
+    """The summary table as Markdown (for the README), with the chosen columns."""
+    chosen = [c for c in columns if c.title in keep]
+    lines = ["| system | seeds | " + " | ".join(c.title for c in chosen) + " |",
+             "|---|---|" + "---|" * len(chosen)]
+    for row in rows:
+        lines.append(f"| {row['variant']} | {row['seeds'] if not row['reference'] else '-'} | "
+                     + " | ".join(row["cells"][c.title] or "-" for c in chosen) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections drawn from the jobs' files
+
+
+def _first_jobs(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """variant -> the job id of its lowest seed that finished (the one shown in maps and players)."""
+    chosen: dict[str, tuple[int, str]] = {}
+    for job_id, info in jobs.items():
+        if info["state"] != "finished" or info["system"] == "recording":
+            continue
+        if info["variant"] not in chosen or info["seed"] < chosen[info["variant"]][0]:
+            chosen[info["variant"]] = (info["seed"], job_id)
+    return {variant: job for variant, (_, job) in sorted(chosen.items())}
+
+
+def alignment_figures(store: RunStore, jobs: Mapping[str, Mapping[str, Any]], count: int = 4) -> list[dict[str, str]]:
+    from ttsbench.metrics.alignment import durations_path
+
+    figures = []
+    for variant, job_id in _first_jobs(jobs).items():
+        files = sorted((store.job_dir(job_id) / "alignments").glob("step_*.npz"))
+        if not files:
+            continue
+        picks = [files[i] for i in sorted(set(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)))]
+        maps, kind, utterance = {}, "attention", ""
+        for path in picks:
+            with np.load(path) as data:
+                key = sorted(data.files, key=lambda k: k.endswith("/durations"))[0]  # soft attention first
+                utterance = key.split("/")[0]
+                if not key.endswith("/durations"):
+                    maps[int(path.stem[5:])] = data[key]
+                    continue
+                durations = data[key]
+            tokens = durations_path(durations)
+            matrix = np.zeros((len(durations), max(1, len(tokens))))
+            matrix[tokens, np.arange(len(tokens))] = 1.0
+            maps[int(path.stem[5:])], kind = matrix, "hard durations"
+        figures.append({"variant": variant, "kind": kind,
+                        "image": plots.alignment_maps(maps, f"{variant}: {utterance} ({kind}, teacher-forced)")})
+    return figures
+
+
+def _audio_uri(path: Path) -> str:
+    return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _spectrogram_uri(path: Path, title: str) -> str:
+    from ttsbench.audio import AudioConfig, load_audio, mel_spectrogram
+
+    config = AudioConfig(trim_db=None)
+    return plots.spectrogram(mel_spectrogram(load_audio(path, config), config), title)
+
+
+def sample_players(store: RunStore, jobs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per test utterance kept: the recording, the vocoder ceiling, then every system."""
+    reference = store.job_dir("reference") / "samples"
+    utterances = sorted(p.name[: -len(".recording.wav")] for p in reference.glob("*.recording.wav"))
+    groups = []
+    for utt in utterances:
+        text_path = reference / f"{utt}.txt"
+        entries = [("recording", reference / f"{utt}.recording.wav"),
+                   ("vocoder ceiling (Griffin-Lim of the recording's mel)", reference / f"{utt}.vocoder.wav")]
+        entries += [(variant, store.job_dir(job) / "samples" / f"{utt}.wav") for variant, job in _first_jobs(jobs).items()]
+        players = [{"label": label, "audio": _audio_uri(path), "spectrogram": _spectrogram_uri(path, label[:40])}
+                   for label, path in entries if path.is_file()]
+        groups.append({"id": utt, "text": text_path.read_text("utf-8") if text_path.is_file() else "",
+                       "players": players})
+    return groups
+
+
+def hard_sentence_table(results: pd.DataFrame) -> pd.DataFrame:
+    rows = results[results["metric"].str.startswith("hard/")]
+    if rows.empty:
+        return pd.DataFrame()
+    per_seed_totals = rows.groupby(["variant", "seed", "metric"])["value"].sum(min_count=1).reset_index()
+    table = per_seed_totals.groupby(["variant", "metric"])["value"].median().unstack("metric")
+    sentences = rows.groupby("variant")["item"].nunique()
+    table.insert(0, "sentences", sentences)
+    keep = [c for c in ("sentences", "hard/hit_guard", "hard/stopped_early", "hard/asr_skipped", "hard/asr_repeated",
+                        "hard/path_skipped", "hard/path_repeated") if c in table]
+    table = table[keep].rename(columns=lambda c: c.removeprefix("hard/"))
+    return table.reset_index()
+
+
+def cost_table(results: pd.DataFrame, price_per_hour: float) -> list[dict[str, Any]]:
+    """Training hours per variant (and per network where there are two), median over seeds, x price."""
+    rows = []
+    seconds = results[results["metric"].str.startswith("train/seconds")]
+    for variant, group in seconds.groupby("variant", sort=False):
+        for metric, per_metric in group.groupby("metric"):
+            network = metric.removeprefix("train/seconds").lstrip("/") or "all networks"
+            hours = float(per_metric.groupby("seed")["value"].last().median()) / 3600
+            rows.append({"variant": variant, "network": network, "hours": hours, "cost": hours * price_per_hour})
+    return rows
+
+
+def benchmark_table(path: Path | None) -> list[dict[str, Any]]:
+    if path is None or not path.is_file():
+        return []
+    data = json.loads(path.read_text("utf-8"))
+    rows = []
+    for bench in data.get("benchmarks", []):
+        stats = bench["stats"]
+        rows.append({"group": bench.get("group") or "", "name": bench["name"], "mean_ms": stats["mean"] * 1e3,
+                     "median_ms": stats["median"] * 1e3, "stddev_ms": stats["stddev"] * 1e3,
+                     "rounds": stats["rounds"]})
+    return sorted(rows, key=lambda r: (r["group"], r["mean_ms"]))
+
+
+# --------------------------------------------------------------------------------------------
+# The page
+
+
+def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None = None,
+                 price_per_hour: float | None = None, readme: str | Path | None = None) -> Path:
+    """Write OUT/index.html, OUT/results.csv and OUT/summary.md from the run folder RUN."""
+    store = RunStore(run)
+    if not store.results_path.is_file():
+        raise FileNotFoundError(f"{store.root} holds no results.jsonl: run a suite into it first (ttsbench run)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = store.results()
+    jobs = store.jobs()
+    suite = json.loads((store.root / "suite.json").read_text("utf-8"))
+    environment = json.loads((store.root / "environment.json").read_text("utf-8"))
+    thresholds = dict(suite["thresholds"])
+    price = suite.get("price_per_hour", 0.0) if price_per_hour is None else price_per_hour
+    bench_path = Path(benchmarks) if benchmarks else store.root / "benchmarks.json"
+    results.to_csv(out / "results.csv", index=False)
+
+    columns, summary = summary_table(results, thresholds)
+    (out / "summary.md").write_text(markdown_summary(columns, summary, tuple(c.title for c in columns)) + "\n", "utf-8")
+    curves = [(title, plots.convergence(results, metric, label, log_y))
+              for title, metric, label, log_y in (
+                  ("Validation mel L1 (free-running, DTW)", "val/mel_l1_dtw", "mel L1 after DTW", False),
+                  ("Diagonal score (teacher-forced attention)", "val/diagonal_score", "diagonal score", False),
+                  ("Duration change between validations", "val/duration_change", "frames per token", True),
+                  ("Synthesised / recorded length", "val/length_ratio", "length ratio", True),
+                  ("Training loss (each system's own; not comparable across systems)", "train/loss", "loss", False),
+              )]
+    claims_roles = {claim: dict(roles) for claim, roles in suite.get("claims", [])}
+    verdicts = judge(results, claims_roles, thresholds) if claims_roles else []
+    context = {
+        "suite": suite,
+        "run_id": store.run_id,
+        "environment": environment,
+        "columns": columns,
+        "summary": summary,
+        "curves": [(title, image) for title, image in curves if image],
+        "rtf_plot": plots.rtf_against_length(results),
+        "alignments": alignment_figures(store, jobs),
+        "samples": sample_players(store, jobs),
+        "hard": hard_sentence_table(results),
+        "costs": cost_table(results, price),
+        "price": price,
+        "benchmarks": benchmark_table(bench_path),
+        "verdicts": verdicts,
+        "format_values": format_values,
+        "HOLDS": HOLDS,
+        "FAILS": FAILS,
+        "jobs": sorted(jobs.items()),
+        "rows": len(results),
+        "thresholds": thresholds,
+    }
+    templates = Environment(loader=PackageLoader("ttsbench", "report/templates"), autoescape=select_autoescape(default=True))
+    html = templates.get_template("report.html.j2").render(**context)
+    index = out / "index.html"
+    index.write_text(html, "utf-8")
+    if readme:
+        update_readme(Path(readme), markdown_summary(columns, summary, README_COLUMNS), suite, environment)
+    return index
+
+
+README_COLUMNS = ("parameters", "steps", "train min", "align step", "val mel L1", "MCD dB", "PESQ", "STOI", "WER",
+                  "RTF", "RTF acoustic", "hard fails")
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(path: Path, table: str, suite: Mapping[str, Any], environment: Mapping[str, Any]) -> None:
+    """Replace the README's generated results block (between the two markers) with `table`."""
+    text = path.read_text("utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} block to fill")
+    note = (f"Generated by `ttsbench report --readme` from suite `{suite['name']}` run on "
+            f"{environment.get('started', '?')}: {environment.get('device_name', '?')} "
+            f"({environment.get('cpu_count', '?')} cores, {environment.get('threads', '?')} torch threads, "
+            f"device {environment.get('device', '?')}), torch {environment.get('torch', '?')}, "
+            f"commit {str(environment.get('commit', '?'))[:12]}. Cells: median over seeds (min–max).")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{note}\n\n{table}\n{README_END}{tail}", "utf-8")

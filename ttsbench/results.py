@@ -1,0 +1,152 @@
+"""The run store: every number a suite produces, as rows in one folder.
+
+RUNDIR/
+  run.json        run id, suite name, when it was made
+  suite.json      the suite as it was parsed (a resumed run must match it)
+  environment.json  versions, device, threads, commit: what the numbers are valid for
+  results.jsonl   rows: run_id, job, system, variant, seed, config_hash, metric, value, step,
+                  seconds, item (an utterance or sentence id, or "" for a per-run number)
+  jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error
+  jobs/JOB/       the trainer's folder (log, val curve, checkpoint, alignments) and samples/
+
+Only the driver writes these files, one job at a time: a job's rows land together with its
+state, each file replaced atomically (write to a temporary file, then rename), so a kill at any
+moment leaves either the old or the new version. If a kill falls between the two files, the
+job is not marked done, runs again (resuming from its finished checkpoint) and its rows are
+replaced, never appended twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item")
+DONE_STATES = ("finished", "diverged", "failed")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class RunStore:
+    """Reads and writes one run folder (see the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ---- paths -------------------------------------------------------------------------------
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.jsonl"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.root / "jobs.json"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    # ---- creation ------------------------------------------------------------------------------
+    def open(self, suite: Mapping[str, Any], environment: Mapping[str, Any]) -> str:
+        """Create the run folder, or reopen it to resume; returns the run id.
+
+        Whether a stored job still matches the suite is decided per job by its config hash
+        (`is_done`), so a suite may gain seeds or systems between two runs into one folder.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        run_path = self.root / "run.json"
+        atomic_write_json(self.root / "suite.json", dict(suite))
+        if run_path.is_file():
+            return self.run_id
+        run_id = f"{suite.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        atomic_write_json(self.root / "environment.json", dict(environment))
+        atomic_write_json(run_path, {"run_id": run_id, "suite": suite.get("name"), "created": time.time()})
+        return run_id
+
+    @property
+    def run_id(self) -> str:
+        return json.loads((self.root / "run.json").read_text("utf-8"))["run_id"]
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return json.loads(self.jobs_path.read_text("utf-8")) if self.jobs_path.is_file() else {}
+
+    def is_done(self, job_id: str, config_hash: str) -> bool:
+        entry = self.jobs().get(job_id)
+        if entry is None:
+            return False
+        if entry["config_hash"] != config_hash:
+            raise ValueError(
+                f"job {job_id} in {self.root} was run with config {entry['config_hash']}, the suite now gives "
+                f"{config_hash}; use a new --out folder"
+            )
+        return entry["state"] in DONE_STATES
+
+    def record(self, job: Mapping[str, Any], state: str, rows: Iterable[Mapping[str, Any]], **info: Any) -> None:
+        """Store a job's rows and its final state: rows of an earlier attempt of this job are replaced."""
+        if state not in DONE_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        run_id = self.run_id
+        base = {"run_id": run_id, "job": job["id"], "system": job["system"], "variant": job["variant"],
+                "seed": job["seed"], "config_hash": job["config_hash"]}
+        new = [{**base, "step": None, "seconds": None, "item": "", **row} for row in rows]
+        for row in new:
+            missing = [c for c in ("metric", "value") if c not in row]
+            if missing:
+                raise ValueError(f"result row of job {job['id']} lacks {', '.join(missing)}: {row}")
+        kept = [r for r in self._read_rows() if r["job"] != job["id"]]
+        atomic_write_text(self.results_path, "".join(json.dumps(_clean(r)) + "\n" for r in kept + new))
+        jobs = self.jobs()
+        jobs[job["id"]] = {"state": state, "config_hash": job["config_hash"], "system": job["system"],
+                           "variant": job["variant"], "seed": job["seed"], "rows": len(new), **info}
+        atomic_write_json(self.jobs_path, jobs)
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _read_rows(self) -> list[dict[str, Any]]:
+        if not self.results_path.is_file():
+            return []
+        return [json.loads(line) for line in self.results_path.read_text("utf-8").splitlines() if line]
+
+    def results(self) -> pd.DataFrame:
+        """All rows as a DataFrame with the columns `COLUMNS` (empty when nothing is stored)."""
+        frame = pd.DataFrame(self._read_rows(), columns=list(COLUMNS))
+        frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+        return frame
+
+
+def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-safe: NaN/inf become null (JSON has neither), numpy scalars become Python numbers."""
+    out = {}
+    for key in COLUMNS:
+        value = row.get(key)
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            value = None if key != "value" else ("inf" if value == float("inf") else "-inf" if value < 0 else None)
+        out[key] = value
+    return out
+

@@ -1,0 +1,538 @@
+"""Suite files: which systems, on which corpus, with which seeds and budget, measured how.
+
+A suite is a YAML file (see `suites/`); `load_suite` validates it and names the file, the line
+and the key of every problem it finds. `Suite.jobs()` expands the matrix system x preset x
+seed into `Job`s, each with a config hash that changes whenever anything that shapes its
+numbers changes (model config after overrides, budget, validation and evaluation settings,
+corpus), so a resumed run never mixes rows of two different recipes.
+
+Schema (every key but `systems` has a default):
+
+    name: cpu                      # the suite's name (default: the file's stem)
+    description: ...
+    corpus: embedded               # or a path to an LJSpeech-1.1-format folder
+    seeds: [0, 1]
+    device: auto                   # cpu | cuda | auto
+    threads: 2                     # torch CPU threads per job (null: torch's choice)
+    budget: {steps: 400, minutes: 1.5}   # either or both: the first reached ends training
+    log_every: 10                  # loss rows kept in the results every N steps
+    checkpoint_every: 50
+    validation: {every: 50, utterances: 2}
+    evaluation:                    # after training, on the corpus's test split
+      utterances: 2
+      metrics: [mcd, f0_rmse, pesq, stoi, wer, cer, dnsmos_ovrl]   # or "all"
+      rtf_sentences: 4             # LJSpeech test sentences spread over length
+      rtf_repeats: 2
+      hard_sentences: 8            # first N of the hard-sentence set (0: skip)
+      audio_samples: 1             # wavs kept per job for the report's players
+    thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0}
+    price_per_hour: 3.06           # USD per device-hour, for the cost table
+    executor: {type: local, parallel: 1, retries: 0, cpus_per_job: 1, gpus_per_job: 0, address: null}
+    systems:
+      - system: tacotron-gradual   # a registered name (`ttsbench list`)
+        variant: tacotron-r2       # label in tables (default: the system name); unique
+        preset: tiny               # tiny | full
+        set: {gradual_training: [[0, 2, 8]]}   # config overrides, dotted keys allowed
+        budget: {steps: 200}       # optional per-system budget
+    claims: {...}                  # see ttsbench.claims
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ttsbench.claims import CLAIMS
+
+EXECUTOR_TYPES = ("local", "ray")
+DEVICES = ("cpu", "cuda", "auto")
+PRESETS = ("tiny", "full")
+
+
+class SuiteError(ValueError):
+    """A suite file is malformed; the message lists every problem as FILE:LINE: key: what."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int | None = None
+    minutes: float | None = None
+
+    @property
+    def max_steps(self) -> int:
+        """The step cap handed to the trainer: a pure wall-time budget still needs a bound."""
+        return self.steps if self.steps is not None else 10**9
+
+    @property
+    def max_seconds(self) -> float | None:
+        return self.minutes * 60.0 if self.minutes is not None else None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    utterances: int = 2
+    metrics: tuple[str, ...] = ("mcd", "f0_rmse", "vuv_error", "pesq", "stoi", "wer", "cer", "dnsmos_ovrl")
+    rtf_sentences: int = 4
+    rtf_repeats: int = 2
+    hard_sentences: int = 8
+    audio_samples: int = 1
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    type: str = "local"
+    parallel: int = 1
+    retries: int = 0
+    cpus_per_job: float = 1
+    gpus_per_job: float = 0
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class SystemEntry:
+    system: str
+    variant: str
+    preset: str = "tiny"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    budget: Budget | None = None
+
+    def override_strings(self) -> list[str]:
+        """`key=value` strings for ModelConfig.with_overrides (values as YAML)."""
+        return [f"{key}={json.dumps(value)}" for key, value in self.overrides]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the matrix plus its final evaluation."""
+
+    id: str
+    system: str
+    variant: str
+    preset: str
+    seed: int
+    overrides: tuple[str, ...]
+    budget: Budget
+    config_hash: str
+    kind: str = "train"  # "train", or "reference": the recordings and their vocoder ceiling
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Job":
+        values = dict(data)
+        values["budget"] = Budget(**values["budget"])
+        values["overrides"] = tuple(values["overrides"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: str
+    corpus: str = "embedded"
+    description: str = ""
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"
+    threads: int | None = None
+    budget: Budget = field(default_factory=lambda: Budget(steps=100))
+    log_every: int = 10
+    checkpoint_every: int = 50
+    val_every: int = 50
+    val_utterances: int = 2
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    thresholds: tuple[tuple[str, float], ...] = (("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0))
+    price_per_hour: float = 0.0
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    systems: tuple[SystemEntry, ...] = ()
+    claims: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def threshold(self) -> dict[str, float]:
+        return dict(self.thresholds)
+
+    def corpus_location(self) -> str:
+        """The corpus with environment variables and ~ expanded ("embedded" stays as it is)."""
+        import os
+
+        return os.path.expanduser(os.path.expandvars(self.corpus))
+
+    @property
+    def claim_roles(self) -> dict[str, dict[str, str]]:
+        return {claim: dict(roles) for claim, roles in self.claims}
+
+    def shared_settings(self) -> dict[str, Any]:
+        """Everything besides the model config that shapes a job's numbers."""
+        return {
+            "corpus": self.corpus,
+            "val_every": self.val_every,
+            "val_utterances": self.val_utterances,
+            "evaluation": asdict(self.evaluation),
+            "log_every": self.log_every,
+        }
+
+    def jobs(self) -> list[Job]:
+        """The reference job, then system x seed in file order."""
+        from ttsbench import models
+
+        jobs = [Job("reference", "recording", "recording", "-", 0, (), Budget(steps=0),
+                    _hash({"reference": self.shared_settings()}), kind="reference")]
+        for entry in self.systems:
+            budget = entry.budget or self.budget
+            config = models.get(entry.system).Config.preset(entry.preset).with_overrides(entry.override_strings())
+            digest = _hash({
+                "system": entry.system, "preset": entry.preset, "config": config.to_dict(),
+                "budget": asdict(budget), **self.shared_settings(),
+            })
+            for seed in self.seeds:
+                jobs.append(Job(f"{entry.variant}_seed{seed}", entry.system, entry.variant, entry.preset, seed,
+                                tuple(entry.override_strings()), budget, digest))
+        return jobs
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+def _plain(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
+    """YAML node -> plain Python, recording the line of every key path (1-based)."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node))
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _plain(value_node, path + (key,), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(item, path + (i,), lines) for i, item in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+class _Checker:
+    """Collects problems as `FILE:LINE: key.path: message`."""
+
+    def __init__(self, path: Path, lines: dict[tuple, int]):
+        self.path, self.lines, self.problems = path, lines, []
+
+    def add(self, where: tuple, message: str) -> None:
+        probe = where
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = self.lines.get(probe, 1)
+        key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in where).replace(".[", "[")
+        self.problems.append(f"{self.path}:{line}: {key or '(top)'}: {message}")
+
+    def mapping(self, value: Any, where: tuple, allowed: Sequence[str]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.add(where + (key,), f"unknown key (allowed: {', '.join(allowed)})")
+        return value
+
+    def number(self, value: Any, where: tuple, kind: type, minimum: float, optional: bool = False) -> Any:
+        if value is None and optional:
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok = ok and float(value).is_integer()
+        if not ok or value < minimum:
+            what = "an integer" if kind is int else "a number"
+            self.add(where, f"expected {what} >= {minimum}, got {value!r}")
+            return None
+        return kind(value)
+
+    def choice(self, value: Any, where: tuple, choices: Sequence[str]) -> Any:
+        if value not in choices:
+            self.add(where, f"expected one of {', '.join(choices)}, got {value!r}")
+            return None
+        return value
+
+    def budget(self, value: Any, where: tuple) -> Budget | None:
+        data = self.mapping(value, where, ("steps", "minutes"))
+        steps = self.number(data.get("steps"), where + ("steps",), int, 1, optional=True)
+        minutes = self.number(data.get("minutes"), where + ("minutes",), float, 0.01, optional=True)
+        if steps is None and minutes is None:
+            if "steps" not in data and "minutes" not in data:
+                self.add(where, "a budget needs steps, minutes or both")
+            return None
+        return Budget(steps, minutes)
+
+
+TOP_KEYS = ("name", "description", "corpus", "seeds", "device", "threads", "budget", "log_every", "checkpoint_every",
+            "validation", "evaluation", "thresholds", "price_per_hour", "executor", "systems", "claims")
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Parse and validate a suite file; raises SuiteError listing every problem."""
+    from ttsbench import models
+    from ttsbench.metrics.quality import METRICS
+
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as err:
+        raise SuiteError([f"{path}: cannot read the suite file ({err.strerror or err})"]) from None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise SuiteError([f"{path}:{line}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
+    lines: dict[tuple, int] = {}
+    raw = _plain(node, (), lines) if node is not None else {}
+    check = _Checker(path, lines)
+    data = check.mapping(raw, (), TOP_KEYS)
+    values: dict[str, Any] = {"name": str(data.get("name", path.stem)), "path": str(path)}
+    if "description" in data:
+        values["description"] = str(data["description"])
+    if "corpus" in data:
+        values["corpus"] = str(data["corpus"])
+    if "seeds" in data:
+        seeds = data["seeds"]
+        if not isinstance(seeds, list) or not seeds:
+            check.add(("seeds",), "expected a non-empty list of integers")
+        else:
+            parsed = [check.number(s, ("seeds", i), int, 0) for i, s in enumerate(seeds)]
+            if len(set(parsed)) != len(parsed):
+                check.add(("seeds",), "seeds repeat")
+            values["seeds"] = tuple(s for s in parsed if s is not None)
+    if "device" in data:
+        values["device"] = check.choice(data["device"], ("device",), DEVICES)
+    if "threads" in data:
+        values["threads"] = check.number(data["threads"], ("threads",), int, 1, optional=True)
+    if "budget" in data:
+        values["budget"] = check.budget(data["budget"], ("budget",))
+    for key in ("log_every", "checkpoint_every"):
+        if key in data:
+            values[key] = check.number(data[key], (key,), int, 1)
+    validation = check.mapping(data.get("validation"), ("validation",), ("every", "utterances"))
+    if "every" in validation:
+        values["val_every"] = check.number(validation["every"], ("validation", "every"), int, 0)
+    if "utterances" in validation:
+        values["val_utterances"] = check.number(validation["utterances"], ("validation", "utterances"), int, 1)
+    evaluation = check.mapping(data.get("evaluation"), ("evaluation",), tuple(Evaluation.__dataclass_fields__))
+    eval_values: dict[str, Any] = {}
+    for key in ("utterances", "rtf_sentences", "rtf_repeats", "hard_sentences", "audio_samples"):
+        if key in evaluation:
+            minimum = 1 if key in ("utterances", "rtf_repeats") else 0
+            eval_values[key] = check.number(evaluation[key], ("evaluation", key), int, minimum)
+    if "metrics" in evaluation:
+        metrics = evaluation["metrics"]
+        if metrics == "all":
+            eval_values["metrics"] = tuple(METRICS)
+        elif isinstance(metrics, list) and all(isinstance(m, str) for m in metrics):
+            for i, name in enumerate(metrics):
+                if name not in METRICS:
+                    check.add(("evaluation", "metrics", i), f"unknown metric {name!r} (known: {', '.join(METRICS)})")
+            eval_values["metrics"] = tuple(metrics)
+        else:
+            check.add(("evaluation", "metrics"), "expected a list of metric names or 'all'")
+    values["evaluation"] = Evaluation(**{k: v for k, v in eval_values.items() if v is not None})
+    thresholds = check.mapping(data.get("thresholds"), ("thresholds",), ("alignment", "duration_change", "mel_l1_dtw"))
+    merged = dict(Suite.__dataclass_fields__["thresholds"].default)
+    for key, value in thresholds.items():
+        number = check.number(value, ("thresholds", key), float, 0)
+        if number is not None and key in merged:
+            merged[key] = number
+    values["thresholds"] = tuple(merged.items())
+    if "price_per_hour" in data:
+        values["price_per_hour"] = check.number(data["price_per_hour"], ("price_per_hour",), float, 0)
+    executor = check.mapping(data.get("executor"), ("executor",), tuple(ExecutorSpec.__dataclass_fields__))
+    executor_values: dict[str, Any] = {}
+    if "type" in executor:
+        executor_values["type"] = check.choice(executor["type"], ("executor", "type"), EXECUTOR_TYPES)
+    for key, kind, minimum in (("parallel", int, 1), ("retries", int, 0), ("cpus_per_job", float, 0),
+                               ("gpus_per_job", float, 0)):
+        if key in executor:
+            executor_values[key] = check.number(executor[key], ("executor", key), kind, minimum)
+    if executor.get("address") is not None:
+        executor_values["address"] = str(executor["address"])
+    values["executor"] = ExecutorSpec(**{k: v for k, v in executor_values.items() if v is not None})
+
+    systems = data.get("systems")
+    entries: list[SystemEntry] = []
+    positions: list[int] = []  # each entry's index in the file, for error lines
+    if not isinstance(systems, list) or not systems:
+        check.add(("systems",), "expected a non-empty list of systems")
+        systems = []
+    known = models.names()
+    for i, item in enumerate(systems):
+        where = ("systems", i)
+        item = check.mapping(item, where, ("system", "variant", "preset", "set", "budget"))
+        name = item.get("system")
+        if name not in known:
+            check.add(where + ("system",), f"unknown system {name!r} (registered: {', '.join(known)})")
+            continue
+        preset = check.choice(item.get("preset", "tiny"), where + ("preset",), PRESETS) or "tiny"
+        overrides = check.mapping(item.get("set"), where + ("set",), _config_keys(name))
+        entry = SystemEntry(
+            system=name,
+            variant=str(item.get("variant", name)),
+            preset=preset,
+            overrides=tuple(overrides.items()),
+            budget=check.budget(item["budget"], where + ("budget",)) if "budget" in item else None,
+        )
+        try:
+            models.get(name).Config.preset(preset).with_overrides(entry.override_strings())
+        except (KeyError, ValueError, TypeError) as err:
+            check.add(where + ("set",), f"invalid override: {err.args[0] if err.args else err}")
+            continue
+        if not entry.variant.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            check.add(where + ("variant",), "use letters, digits, '-', '_' or '.' only (it names a folder)")
+        entries.append(entry)
+        positions.append(i)
+    variants = [e.variant for e in entries]
+    for i, (position, variant) in enumerate(zip(positions, variants)):
+        if variants.index(variant) != i:
+            check.add(("systems", position, "variant"), f"variant {variant!r} repeats; give each entry its own `variant`")
+    if "recording" in variants:
+        check.add(("systems",), "'recording' is reserved for the reference recordings")
+    values["systems"] = tuple(entries)
+    claims = check.mapping(data.get("claims"), ("claims",), tuple(CLAIMS))
+    for claim, roles in claims.items():
+        if claim not in CLAIMS:
+            continue
+        needed = CLAIMS[claim][0]
+        roles = check.mapping(roles, ("claims", claim), needed)
+        for role in needed:
+            if role not in roles:
+                check.add(("claims", claim), f"needs a variant for {role!r}")
+            elif roles[role] not in variants:
+                check.add(("claims", claim, role), f"no system entry has variant {roles[role]!r}")
+    values["claims"] = tuple((claim, tuple(sorted(roles.items()))) for claim, roles in claims.items()
+                             if isinstance(roles, dict))
+    if check.problems:
+        raise SuiteError(check.problems)
+    return Suite(**{k: v for k, v in values.items() if v is not None})
+
+
+def _config_keys(system: str) -> tuple[str, ...]:
+    """Top-level config fields and `audio.*` keys a suite may override."""
+    from ttsbench import models
+    from ttsbench.audio import AudioConfig
+
+    fields = tuple(models.get(system).Config.__dataclass_fields__)
+    return fields + tuple(f"audio.{name}" for name in AudioConfig.__dataclass_fields__)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    states: dict[str, str]  # job id -> state, for the jobs run now
+
+    @property
+    def failed(self) -> list[str]:
+        return [job for job, state in self.states.items() if state == "failed"]
+
+
+def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = None, progress: bool = True,
+              log: Any = print) -> RunSummary:
+    """Run every job of `suite` not yet done in `out`, recording each as it ends.
+
+    Re-running with the same `out` resumes: finished (or diverged, or failed) jobs are skipped,
+    a job cut short resumes from its checkpoint. One job at a time holds the run folder's lock.
+    """
+    import fcntl
+
+    from ttsbench.executors import make_executor
+    from ttsbench.jobs import attempts
+    from ttsbench.results import RunStore
+
+    spec = executor or suite.executor
+    runner = make_executor(spec)
+    store = RunStore(out)
+    store.root.mkdir(parents=True, exist_ok=True)
+    lock = (store.root / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"another `ttsbench run` is using {store.root}") from None
+    try:
+        corpus = suite.corpus_location()
+        if corpus != "embedded" and not Path(corpus).is_dir():
+            raise ValueError(f"{suite.path}: corpus {suite.corpus!r} is {corpus!r}, which is not a folder "
+                             "(set the variable or edit the suite)")
+        jobs = suite.jobs()
+        store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
+        pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
+        log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
+            f"({runner.name} executor) -> {store.root}")
+        states: dict[str, str] = {}
+
+        def report(job: Job, outcome: dict[str, Any]) -> None:
+            tries = attempts(store.root, job.id)
+            store.record(job.to_dict(), outcome["state"], outcome["rows"], attempts=tries,
+                         seconds=outcome.get("seconds"), error=outcome.get("error"))
+            states[job.id] = outcome["state"]
+            took = f" in {outcome['seconds']:.0f} s" if outcome.get("seconds") else ""
+            detail = f": {outcome['error'].splitlines()[-1]}" if outcome.get("error") else ""
+            log(f"[{len(states)}/{len(pending)}] {job.id}: {outcome['state']}{took}, {len(outcome['rows'])} rows, "
+                f"{tries} attempt(s){detail}")
+
+        runner.run(pending, suite.to_dict(), str(store.root), report, progress)
+        return RunSummary(len(jobs), len(jobs) - len(pending), states)
+    finally:
+        lock.close()
+
+
+def run_environment(device: str, threads: int | None) -> dict[str, Any]:
+    """Versions, device, threads and commit: the conditions every number of a run holds for."""
+    import os
+    import platform
+    import subprocess
+
+    import pandas
+    import torch
+
+    import ttsbench
+    from ttsbench.metrics.speed import environment
+    from ttsbench.train import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    info = environment(resolve_device(device))
+    source = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    info.update(
+        ttsbench=ttsbench.__version__,
+        pandas=pandas.__version__,
+        platform=platform.platform(),
+        cpu_count=os.cpu_count(),
+        commit=(commit + ("+dirty" if dirty else "")) or "unknown",
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    return info
