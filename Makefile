@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUITE ?= suites/cpu.yaml
+RUN ?= runs/$(basename $(notdir $(SUITE)))
+EXTRAS ?= dev
 
-.PHONY: install test bench clean
+.PHONY: install test bench claims report readme-table clean
 
 install: $(BIN)/ttsbench
 
@@ -13,14 +15,29 @@ $(BIN)/ttsbench: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
 test: install
 	$(BIN)/python -m pytest -q
 
+# The default benchmark: the suite (resumes if RUN holds part of it), the pytest-benchmark speed
+# comparisons into the run folder, then the report into reports/. A failed job is recorded in
+# the results and shown in the report; it does not stop the rest.
 bench: install
-	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-json=reports/benchmarks.json -q
+	$(BIN)/ttsbench run $(SUITE) --out $(RUN) || echo "some jobs failed: see $(RUN)/jobs.json and the report"
+	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-json=$(RUN)/benchmarks.json -q
+	$(BIN)/ttsbench report $(RUN) --out reports/$(notdir $(RUN))
+
+claims: install
+	$(MAKE) bench SUITE=suites/claims.yaml
+
+report: install
+	$(BIN)/ttsbench report $(RUN) --out reports/$(notdir $(RUN))
+
+# Regenerate the README's results table from a finished run (never typed by hand).
+readme-table: install
+	$(BIN)/ttsbench report $(RUN) --out reports/$(notdir $(RUN)) --readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -170,3 +170,49 @@ def test_report_renders_in_headless_chromium_without_console_errors(smoke_report
     log = render(smoke_report, shot)
     assert console_messages(log) == []
     assert shot.stat().st_size > 50_000  # a rendered page with tables and plots, not a blank canvas
+
+
+BROKEN_ENTRY = """
+  # durations read from a folder that does not exist: this job raises on its first batch
+  - system: fastspeech2-sniper
+    variant: fs2-broken
+    set: {duration_source: file, durations_dir: /nonexistent/durations, max_inference_frames: 300}
+"""
+
+
+def suite_with_broken_job(tmp_path: Path, executor: str, keep_systems: bool) -> Path:
+    text = SMOKE.read_text("utf-8")
+    head, systems = text.split("systems:\n", 1)
+    body = (systems if keep_systems else "") + BROKEN_ENTRY
+    path = tmp_path / "suite.yaml"
+    path.write_text(head + f"executor: {{type: {executor}, retries: 1, parallel: 2, cpus_per_job: 1}}\n"
+                    + "systems:\n" + body, "utf-8")
+    return path
+
+
+def test_local_executor_retries_a_failing_job_then_records_it_and_goes_on(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("run", str(suite_with_broken_job(tmp_path, "local", keep_systems=False)), "--out", str(out),
+                   "--quiet", "--parallel", "1", timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    jobs = RunStore(out).jobs()
+    assert jobs["fs2-broken_seed0"]["state"] == "failed"
+    assert jobs["fs2-broken_seed0"]["attempts"] == 2
+    assert "/nonexistent/durations" in jobs["fs2-broken_seed0"]["error"]
+    assert jobs["reference"]["state"] == "finished"  # the other job of the suite still ran
+    assert "attempt 1 failed, retrying" in done.stdout
+
+
+def test_ray_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ttsbench[ray]'); the Ray executor is untested")
+    out = tmp_path / "ray-run"
+    done = run_cli("run", str(suite_with_broken_job(tmp_path, "ray", keep_systems=True)), "--out", str(out),
+                   "--quiet", timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    jobs = RunStore(out).jobs()
+    assert jobs["fs2-broken_seed0"]["state"] == "failed"
+    assert jobs["fs2-broken_seed0"]["attempts"] == 2  # tried, retried once, then recorded
+    assert all(info["state"] == "finished" for job, info in jobs.items() if job != "fs2-broken_seed0")
+    ray_rows = row_keys(RunStore(out).results())
+    assert len(ray_rows) == len(set(ray_rows))
+    assert set(ray_rows) == set(row_keys(RunStore(smoke_run).results()))

@@ -106,3 +106,15 @@ def test_cli_train_then_synth(tmp_path, capsys):
     # A different config into the same folder is refused rather than silently mixed.
     assert cli.main(["train", "tacotron-gradual", "--steps", "3", "--quiet", "--out", str(out), "--device", "cpu"]) == 2
     assert cli.main(["train", "no-such-system", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_wall_time_budget_ends_training_and_a_resume_does_not_extend_it(tmp_path, embedded_corpus):
+    budget = options(None, max_seconds=1.5, val_every=0, checkpoint_every=1000)
+    first = train(tacotron(), embedded_corpus, tmp_path, budget)
+    rows = read_log(tmp_path)
+    assert rows[-2]["seconds"] < 1.5 <= rows[-1]["seconds"]  # the step that crossed the budget was the last
+    assert first.steps == len(rows) > 1  # stopped on time, after the step that crossed the budget
+    again = train(tacotron(), embedded_corpus, tmp_path, budget)
+    assert again.steps == first.steps  # the budget was already spent: no further step
+    with pytest.raises(ValueError, match="needs a budget"):
+        options(None)

@@ -304,7 +304,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path("reports") / Path(args.run).resolve().name)
     try:
-        index = build_report(args.run, out, benchmarks=args.benchmarks, price_per_hour=args.price_per_hour)
+        index = build_report(args.run, out, benchmarks=args.benchmarks, price_per_hour=args.price_per_hour,
+                             readme=args.readme)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--benchmarks", help="pytest-benchmark JSON (default: RUN/benchmarks.json when present)")
     rp.add_argument("--price-per-hour", type=float, help="USD per device-hour for the cost table "
                     "(default: the suite's price_per_hour)")
+    rp.add_argument("--readme", help="also replace the results block of this README with the summary table")
     rp.set_defaults(func=_cmd_report)
     return parser
 

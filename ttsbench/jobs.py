@@ -107,7 +107,7 @@ def train_and_evaluate(job: Job, suite: Suite, out: Path, progress: bool) -> tup
     config = models.get(job.system).Config.preset(job.preset).with_overrides(list(job.overrides))
     model = models.build(job.system, config, seed=job.seed)
     options = TrainOptions(
-        steps=job.budget.max_steps,
+        steps=job.budget.steps,
         seed=job.seed,
         device=suite.device,
         log_every=1,

@@ -6,7 +6,8 @@ RUNDIR/
   environment.json  versions, device, threads, commit: what the numbers are valid for
   results.jsonl   rows: run_id, job, system, variant, seed, config_hash, metric, value, step,
                   seconds, item (an utterance or sentence id, or "" for a per-run number)
-  jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error
+  jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error;
+                  re-running skips finished and diverged jobs and tries failed ones again
   jobs/JOB/       the trainer's folder (log, val curve, checkpoint, alignments) and samples/
 
 Only the driver writes these files, one job at a time: a job's rows land together with its
@@ -30,7 +31,8 @@ from typing import Any
 import pandas as pd
 
 COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item")
-DONE_STATES = ("finished", "diverged", "failed")
+STATES = ("finished", "diverged", "failed")
+DONE_STATES = ("finished", "diverged")  # a failed job is tried again when the run is resumed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -108,7 +110,7 @@ class RunStore:
 
     def record(self, job: Mapping[str, Any], state: str, rows: Iterable[Mapping[str, Any]], **info: Any) -> None:
         """Store a job's rows and its final state: rows of an earlier attempt of this job are replaced."""
-        if state not in DONE_STATES:
+        if state not in STATES:
             raise ValueError(f"unknown job state {state!r}")
         run_id = self.run_id
         base = {"run_id": run_id, "job": job["id"], "system": job["system"], "variant": job["variant"],

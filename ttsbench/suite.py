@@ -70,11 +70,6 @@ class Budget:
     minutes: float | None = None
 
     @property
-    def max_steps(self) -> int:
-        """The step cap handed to the trainer: a pure wall-time budget still needs a bound."""
-        return self.steps if self.steps is not None else 10**9
-
-    @property
     def max_seconds(self) -> float | None:
         return self.minutes * 60.0 if self.minutes is not None else None
 
@@ -457,8 +452,9 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
               log: Any = print) -> RunSummary:
     """Run every job of `suite` not yet done in `out`, recording each as it ends.
 
-    Re-running with the same `out` resumes: finished (or diverged, or failed) jobs are skipped,
-    a job cut short resumes from its checkpoint. One job at a time holds the run folder's lock.
+    Re-running with the same `out` resumes: finished and diverged jobs are skipped, failed ones
+    run again, a job cut short resumes from its checkpoint. One `run_suite` at a time holds the
+    run folder's lock.
     """
     import fcntl
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainOptions:
-    steps: int
+    steps: int | None  # None: no step cap, the wall-time budget `max_seconds` ends training
     seed: int = 0
     device: str = "auto"
     log_every: int = 1
@@ -62,6 +63,10 @@ class TrainOptions:
     progress: bool = True
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     max_seconds: float | None = None  # a wall-time budget in training seconds; whichever ends first
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.max_seconds is None:
+            raise ValueError("a training run needs a budget: steps, max_seconds or both")
 
 
 @dataclass
@@ -323,14 +328,15 @@ class Trainer:
             plan = bucket_batches(lengths, state["plan_batch_size"], options.seed * 100_003 + state["epoch"])
         previous_values: dict[str, float] = {}
         last_losses: dict[str, float] = {}
-        bar = tqdm(
+        bar = tqdm(  # a pure wall-time budget has no known step count
             total=options.steps, initial=state["step"], desc=model.name, unit="step", disable=not options.progress
         )
+        last_step = options.steps if options.steps is not None else sys.maxsize
         model.train()
         try:
             with log_path.open("a", encoding="utf-8") as log:
                 spent = options.max_seconds is not None and state["seconds"] >= options.max_seconds
-                for step in range(state["step"], state["step"] if spent else options.steps):
+                for step in range(state["step"], state["step"] if spent else last_step):
                     values = {k: _to_float(s(step)) for k, s in schedules.items()}
                     model.apply_schedules(values)
                     for optimizer in optimizers.values():
@@ -370,7 +376,7 @@ class Trainer:
 
                     changed = any(previous_values.get(k) != v for k, v in values.items() if k != "lr")
                     out_of_time = options.max_seconds is not None and state["seconds"] >= options.max_seconds
-                    done = step + 1 == options.steps or out_of_time
+                    done = step + 1 == last_step or out_of_time
                     if changed or step % options.log_every == 0 or done:
                         row = {
                             "step": step,

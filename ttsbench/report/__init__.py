@@ -99,10 +99,8 @@ def _format(values: list[float], digits: int) -> str:
             return "never"
         return f"{v:,.{digits}f}"
 
-    median = float(np.median(finite))
-    if len(finite) == 1 or min(finite) == max(finite):
-        return one(median)
-    return f"{one(median)} ({one(min(finite))}–{one(max(finite))})"
+    low, median, high = one(min(finite)), one(float(np.median(finite))), one(max(finite))
+    return median if low == high else f"{median} ({low}–{high})"
 
 
 def summary_table(results: pd.DataFrame, thresholds: Mapping[str, float]) -> tuple[list[Column], list[dict[str, Any]]]:
