@@ -234,6 +234,17 @@ def duration_change(folder: Path, step: int, maps: Mapping[str, np.ndarray]) -> 
     return float(np.mean(diffs)) if diffs else None
 
 
+def training_schedules(model: TTSModel) -> dict[str, Schedule]:
+    """Every value the trainer schedules: the system's own, plus batch size and learning rate."""
+    config = model.config
+    schedules = dict(model.schedules())
+    schedules.setdefault("batch_size", Constant(config.batch_size))
+    schedules["lr"] = learning_rate_schedule(
+        config.lr_schedule, config.learning_rate, config.warmup_steps, config.lr_half_life
+    )
+    return schedules
+
+
 class Trainer:
     """Runs one system on one corpus for a step budget, resuming from OUT if it holds a run."""
 
@@ -245,15 +256,6 @@ class Trainer:
         self.device = resolve_device(options.device)
 
     # ---- state -------------------------------------------------------------------------------
-    def _schedules(self) -> dict[str, Schedule]:
-        config = self.model.config
-        schedules = dict(self.model.schedules())
-        schedules.setdefault("batch_size", Constant(config.batch_size))
-        schedules["lr"] = learning_rate_schedule(
-            config.lr_schedule, config.learning_rate, config.warmup_steps, config.lr_half_life
-        )
-        return schedules
-
     def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: dict[str, Any]) -> None:
         atomic_torch_save(
             {
@@ -296,7 +298,7 @@ class Trainer:
         val_examples = load_model_examples(model, val_utts, options.progress)
         pads = pad_values(model)
         lengths = [e.num_frames for e in train_examples]
-        schedules = self._schedules()
+        schedules = training_schedules(model)
 
         model.to(self.device)
         optimizers = build_optimizers(model)

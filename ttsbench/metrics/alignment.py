@@ -6,7 +6,7 @@ the other: the diagonal score (Coqui) catches skipped tokens, the focus rate (Fa
 ESPnet) measures sharpness per step.
 
 Hard alignments (MAS, duration predictors) make those scores trivially high, so every system
-is also judged by outcome on the hard-sentence set (`suites/hard_sentences.txt`):
+is also judged by outcome on the hard-sentence set (`ttsbench/corpus/hard_sentences.txt`):
 
 - from the ASR transcript against the text (jiwer word alignment): deleted words are skipped;
   inserted words that repeat their neighbour (or an inserted phrase that repeats the phrase
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 READING_RATE_CHARS_PER_SECOND = 15.0
 EARLY_STOP_FRACTION = 0.5
 MIN_BACKTRACK = 2  # tokens: a one-token flicker across a word boundary is not a re-reading
-HARD_SENTENCES = Path(__file__).resolve().parents[2] / "suites" / "hard_sentences.txt"
+HARD_SENTENCES = Path(__file__).resolve().parents[1] / "corpus" / "hard_sentences.txt"
 
 
 def diagonal_score(attention: np.ndarray) -> float:
