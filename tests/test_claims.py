@@ -9,7 +9,7 @@ import pytest
 
 from ttsbench.claims import FAILS, HOLDS, INCONCLUSIVE, compare, judge
 
-THRESHOLDS = {"alignment": 0.5, "duration_change": 1.0, "mel_l1_dtw": 1.0}
+THRESHOLDS = {"alignment": 0.5, "duration_change": 1.0, "mel_l1_dtw": 1.0, "mcd": 8.0}
 
 
 def rows(variant: str, seed: int, metric: str, values, steps=None, seconds=None, item: str = ""):
@@ -53,6 +53,24 @@ def test_gradual_training(gradual_steps, fixed_steps, expected):
     [verdict] = judge(results, {"gradual_training": {"gradual": "grad", "fixed": "fixed"}}, THRESHOLDS)
     assert verdict.verdict == expected
     assert len(verdict.checks) == 4  # alignment and mel target, each in steps and in seconds
+
+
+def test_gradual_training_reads_validation_mcd_when_the_suite_scored_it():
+    """Mel L1 says gradual wins; MCD, the claim's own measure, says it loses: MCD decides."""
+    results = frame(*[alignment_curve("grad", seed, 100) for seed in (0, 1)],
+                    *[alignment_curve("fixed", seed, 400) for seed in (0, 1)])
+    steps = [100, 200, 300, 400]
+    mcd = {"grad": [12.0, 12.0, 12.0, 7.0], "fixed": [7.0, 7.0, 7.0, 7.0]}
+    results = pd.concat([results, frame(*[rows(v, seed, "val/mcd", mcd[v], steps) for v in mcd for seed in (0, 1)])])
+    [verdict] = judge(results, {"gradual_training": {"gradual": "grad", "fixed": "fixed"}}, THRESHOLDS)
+    quality = [c for c in verdict.checks if "quality target" in c.name]
+    assert len(quality) == 2 and all("MCD" in c.rule for c in quality)
+    assert all(c.verdict == FAILS for c in quality)
+    assert verdict.verdict == FAILS
+    assert not any("stands in" in note for note in verdict.notes)
+    without = results[results["metric"] != "val/mcd"]
+    [fallback] = judge(without, {"gradual_training": {"gradual": "grad", "fixed": "fixed"}}, THRESHOLDS)
+    assert fallback.verdict == HOLDS and any("stands in" in note for note in fallback.notes)
 
 
 def speed_rows(variant, seed, rtf, mcd, parameters=1000):

@@ -85,6 +85,12 @@ def test_config_hash_follows_what_shapes_the_numbers(tmp_path):
     # the description does not change any number
     described = load_suite(write(tmp_path, "description: hello\n" + base % "")).jobs()
     assert described[1].config_hash == plain[1].config_hash
+    # scoring MCD during validation adds rows, so it is a different recipe
+    scored = load_suite(write(tmp_path, "validation: {metrics: [mcd]}\n" + base % ""))
+    assert scored.val_metrics == ("mcd",)
+    assert scored.jobs()[1].config_hash != plain[1].config_hash
+    with pytest.raises(SuiteError, match=r"suite.yaml:1: validation.metrics\[1\]: unknown metric 'mdc'"):
+        load_suite(write(tmp_path, "validation: {metrics: [mcd, mdc]}\n" + base % ""))
 
 
 def store_with_run(tmp_path: Path) -> RunStore:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -118,3 +117,30 @@ def test_wall_time_budget_ends_training_and_a_resume_does_not_extend_it(tmp_path
     assert again.steps == first.steps  # the budget was already spent: no further step
     with pytest.raises(ValueError, match="needs a budget"):
         options(None)
+
+
+def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedded_corpus):
+    """validation.metrics: the trainer logs MCD of the vocoded validation synthesis, and
+    `validate` gives exactly what scoring that synthesis by hand gives."""
+    from ttsbench.audio import read_mono
+    from ttsbench.metrics.quality import score_pair
+    from ttsbench.train import SPLIT_SEED, load_model_examples, pad_values, validate
+
+    train(tacotron(), embedded_corpus, tmp_path, options(2, val_every=2, val_utterances=1, val_metrics=("mcd",)))
+    [row] = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    assert row["step"] == 2 and 0 < row["mcd"] < 100 and "mel_l1_dtw" in row
+
+    model = tacotron().eval()
+    utterance = embedded_corpus.split(seed=SPLIT_SEED)["val"][0]
+    examples = load_model_examples(model, [utterance], progress=False)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        metrics, _ = validate(model, examples, pad_values(model), torch.device("cpu"), [utterance.audio_path], ["mcd"])
+        torch.manual_seed(5)
+        synthesis = model.infer(torch.from_numpy(examples[0].text_ids))
+    audio = synthesis.to_audio()
+    rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
+    expected = score_pair(read_mono(utterance.audio_path, rate)[0], audio, rate, utterance.text, ["mcd"])["mcd"]
+    assert metrics["mcd"] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="one recording per validation example"):
+        validate(model, examples, pad_values(model), torch.device("cpu"), [], ["mcd"])

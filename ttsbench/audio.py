@@ -73,12 +73,18 @@ class AudioConfig:
         return dataclasses.replace(self, **changes)
 
 
-def load_audio(path: str | Path, config: AudioConfig) -> np.ndarray:
-    """Read any sample rate / channel count, return mono float32 at `config.sample_rate`."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+def read_mono(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Any channel count -> mono float32, resampled to `sample_rate` when given; returns (audio, rate)."""
+    data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     audio = data.mean(axis=1)
-    if sr != config.sample_rate:
-        audio = librosa.resample(audio, orig_sr=sr, target_sr=config.sample_rate)
+    if sample_rate is not None and file_rate != sample_rate:
+        return librosa.resample(audio, orig_sr=file_rate, target_sr=sample_rate), sample_rate
+    return audio, file_rate
+
+
+def load_audio(path: str | Path, config: AudioConfig) -> np.ndarray:
+    """Read any sample rate / channel count, return mono float32 at `config.sample_rate`, trimmed."""
+    audio, _ = read_mono(path, config.sample_rate)
     if config.trim_db is not None and audio.size:
         audio, _ = librosa.effects.trim(
             audio, top_db=config.trim_db, frame_length=config.win_length, hop_length=config.hop_length

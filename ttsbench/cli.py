@@ -146,18 +146,6 @@ def _audio_files(folder: str) -> dict[str, Path]:
     return {f.stem: f for f in sorted(root.iterdir()) if f.suffix.lower() in AUDIO_SUFFIXES}
 
 
-def _read_mono(path: Path, rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Mono float32 audio, resampled to `rate` when given (the synthesis to the recording's rate)."""
-    import librosa
-    import soundfile as sf
-
-    data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = data.mean(axis=1)
-    if rate is not None and file_rate != rate:
-        return librosa.resample(audio, orig_sr=file_rate, target_sr=rate), rate
-    return audio, file_rate
-
-
 def _read_texts(metadata: str) -> dict[str, str]:
     """id -> text of an LJSpeech-style `id|text[|normalized_text]` file (normalised text preferred)."""
     texts = {}
@@ -175,6 +163,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from ttsbench.audio import read_mono
     from ttsbench.metrics.quality import METRICS, resolve_metrics, score_pair, summarise
 
     try:
@@ -203,8 +192,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     rows, scores, failures = [], [], []
     for utt_id in tqdm(sorted(references), desc="score", unit="utt", disable=args.quiet):
-        reference, rate = _read_mono(references[utt_id])
-        synthesis, _ = _read_mono(syntheses[utt_id], rate)
+        reference, rate = read_mono(references[utt_id])
+        synthesis, _ = read_mono(syntheses[utt_id], rate)
         try:
             values = score_pair(reference, synthesis, rate, texts.get(utt_id), names)
         except ValueError as err:

@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ttsbench.suite import Evaluation, Job, Suite
 
@@ -117,6 +116,7 @@ def train_and_evaluate(job: Job, suite: Suite, out: Path, progress: bool) -> tup
         progress=progress,
         threads=suite.threads,
         max_seconds=job.budget.max_seconds,
+        val_metrics=suite.val_metrics,
     )
     try:
         train(model, corpus, out, options)
@@ -185,20 +185,11 @@ def _eval_utterances(corpus, evaluation: Evaluation):
     return corpus.split(seed=SPLIT_SEED)["test"][: evaluation.utterances]
 
 
-def _recording(utterance, sample_rate: int) -> np.ndarray:
-    import librosa
-    import soundfile as sf
-
-    data, rate = sf.read(str(utterance.audio_path), dtype="float32", always_2d=True)
-    audio = data.mean(axis=1)
-    return librosa.resample(audio, orig_sr=rate, target_sr=sample_rate) if rate != sample_rate else audio
-
-
 def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progress: bool) -> list[dict[str, Any]]:
     """Quality on the test utterances, RTF over text lengths, outcomes on hard sentences."""
     import torch
 
-    from ttsbench.audio import save_audio
+    from ttsbench.audio import read_mono, save_audio
     from ttsbench.metrics.alignment import HARD_SENTENCES, load_hard_sentences
     from ttsbench.metrics.quality import score_pair
     from ttsbench.metrics.speed import length_spread_sentences, measure_rtf
@@ -212,7 +203,7 @@ def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progre
             synthesis = model.infer(torch.tensor(processor.encode(utterance.text), dtype=torch.long, device=model.device))
         audio = synthesis.to_audio()
         config = synthesis.linear_audio_config or synthesis.audio_config
-        reference = _recording(utterance, config.sample_rate)
+        reference = read_mono(utterance.audio_path, config.sample_rate)[0]
         if index < evaluation.audio_samples:
             save_audio(samples / f"{utterance.id}.wav", audio, config)
             (samples / f"{utterance.id}.txt").write_text(utterance.text, "utf-8")
@@ -246,7 +237,7 @@ def reference_rows(suite: Suite, out: Path, progress: bool) -> list[dict[str, An
     """The ceiling every system is read against: the recordings and their Griffin-Lim copies."""
     from tqdm.auto import tqdm
 
-    from ttsbench.audio import AudioConfig, save_audio
+    from ttsbench.audio import AudioConfig, read_mono, save_audio
     from ttsbench.data import load_corpus
     from ttsbench.metrics.quality import METRICS, griffin_lim_copy, score_pair
 
@@ -256,7 +247,7 @@ def reference_rows(suite: Suite, out: Path, progress: bool) -> list[dict[str, An
     no_reference = [m for m in suite.evaluation.metrics if not METRICS[m].needs_reference_audio]
     utterances = _eval_utterances(corpus, suite.evaluation)
     for index, utterance in enumerate(tqdm(utterances, desc="reference", unit="utt", disable=not progress)):
-        recording = _recording(utterance, config.sample_rate)
+        recording = read_mono(utterance.audio_path, config.sample_rate)[0]
         copy = griffin_lim_copy(recording, config.sample_rate, config)
         if index < suite.evaluation.audio_samples:
             save_audio(out / "samples" / f"{utterance.id}.recording.wav", recording, config)

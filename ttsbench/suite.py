@@ -17,7 +17,8 @@ Schema (every key but `systems` has a default):
     budget: {steps: 400, minutes: 1.5}   # either or both: the first reached ends training
     log_every: 10                  # loss rows kept in the results every N steps
     checkpoint_every: 50
-    validation: {every: 50, utterances: 2}
+    validation: {every: 50, utterances: 2, metrics: [mcd]}   # metrics: quality measures on
+                                   # the vocoded validation synthesis (slow; default none)
     evaluation:                    # after training, on the corpus's test split
       utterances: 2
       metrics: [mcd, f0_rmse, pesq, stoi, wer, cer, dnsmos_ovrl]   # or "all"
@@ -25,7 +26,7 @@ Schema (every key but `systems` has a default):
       rtf_repeats: 2
       hard_sentences: 8            # first N of the hard-sentence set (0: skip)
       audio_samples: 1             # wavs kept per job for the report's players
-    thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0}
+    thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0, mcd: 8.0}
     price_per_hour: 3.06           # USD per device-hour, for the cost table
     executor: {type: local, parallel: 1, retries: 0, cpus_per_job: 1, gpus_per_job: 0, address: null}
     systems:
@@ -42,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,10 @@ class Suite:
     checkpoint_every: int = 50
     val_every: int = 50
     val_utterances: int = 2
+    val_metrics: tuple[str, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
-    thresholds: tuple[tuple[str, float], ...] = (("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0))
+    thresholds: tuple[tuple[str, float], ...] = (
+        ("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0), ("mcd", 8.0))
     price_per_hour: float = 0.0
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     systems: tuple[SystemEntry, ...] = ()
@@ -173,6 +176,7 @@ class Suite:
             "corpus": self.corpus,
             "val_every": self.val_every,
             "val_utterances": self.val_utterances,
+            "val_metrics": list(self.val_metrics),
             "evaluation": asdict(self.evaluation),
             "log_every": self.log_every,
         }
@@ -265,6 +269,18 @@ class _Checker:
             return None
         return value
 
+    def metric_names(self, value: Any, where: tuple, known: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """A list of measure names from `known`, or "all"."""
+        if value == "all":
+            return tuple(known)
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            self.add(where, "expected a list of metric names or 'all'")
+            return None
+        for i, name in enumerate(value):
+            if name not in known:
+                self.add(where + (i,), f"unknown metric {name!r} (known: {', '.join(known)})")
+        return tuple(value)
+
     def budget(self, value: Any, where: tuple) -> Budget | None:
         data = self.mapping(value, where, ("steps", "minutes"))
         steps = self.number(data.get("steps"), where + ("steps",), int, 1, optional=True)
@@ -323,11 +339,13 @@ def load_suite(path: str | Path) -> Suite:
     for key in ("log_every", "checkpoint_every"):
         if key in data:
             values[key] = check.number(data[key], (key,), int, 1)
-    validation = check.mapping(data.get("validation"), ("validation",), ("every", "utterances"))
+    validation = check.mapping(data.get("validation"), ("validation",), ("every", "utterances", "metrics"))
     if "every" in validation:
         values["val_every"] = check.number(validation["every"], ("validation", "every"), int, 0)
     if "utterances" in validation:
         values["val_utterances"] = check.number(validation["utterances"], ("validation", "utterances"), int, 1)
+    if "metrics" in validation:
+        values["val_metrics"] = check.metric_names(validation["metrics"], ("validation", "metrics"), METRICS)
     evaluation = check.mapping(data.get("evaluation"), ("evaluation",), tuple(Evaluation.__dataclass_fields__))
     eval_values: dict[str, Any] = {}
     for key in ("utterances", "rtf_sentences", "rtf_repeats", "hard_sentences", "audio_samples"):
@@ -335,19 +353,10 @@ def load_suite(path: str | Path) -> Suite:
             minimum = 1 if key in ("utterances", "rtf_repeats") else 0
             eval_values[key] = check.number(evaluation[key], ("evaluation", key), int, minimum)
     if "metrics" in evaluation:
-        metrics = evaluation["metrics"]
-        if metrics == "all":
-            eval_values["metrics"] = tuple(METRICS)
-        elif isinstance(metrics, list) and all(isinstance(m, str) for m in metrics):
-            for i, name in enumerate(metrics):
-                if name not in METRICS:
-                    check.add(("evaluation", "metrics", i), f"unknown metric {name!r} (known: {', '.join(METRICS)})")
-            eval_values["metrics"] = tuple(metrics)
-        else:
-            check.add(("evaluation", "metrics"), "expected a list of metric names or 'all'")
+        eval_values["metrics"] = check.metric_names(evaluation["metrics"], ("evaluation", "metrics"), METRICS)
     values["evaluation"] = Evaluation(**{k: v for k, v in eval_values.items() if v is not None})
-    thresholds = check.mapping(data.get("thresholds"), ("thresholds",), ("alignment", "duration_change", "mel_l1_dtw"))
     merged = dict(Suite.__dataclass_fields__["thresholds"].default)
+    thresholds = check.mapping(data.get("thresholds"), ("thresholds",), tuple(merged))
     for key, value in thresholds.items():
         number = check.number(value, ("thresholds", key), float, 0)
         if number is not None and key in merged:

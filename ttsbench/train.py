@@ -63,6 +63,7 @@ class TrainOptions:
     progress: bool = True
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     max_seconds: float | None = None  # a wall-time budget in training seconds; whichever ends first
+    val_metrics: tuple[str, ...] = ()  # quality measures (metrics.quality.METRICS) on vocoded validation audio
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_seconds is None:
@@ -180,25 +181,45 @@ def _to_float(value: Any) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def validate(model: TTSModel, examples: Sequence[Example], pads: Mapping[str, float], device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def validate(
+    model: TTSModel,
+    examples: Sequence[Example],
+    pads: Mapping[str, float],
+    device: torch.device,
+    recordings: Sequence[Path] = (),
+    audio_metrics: Sequence[str] = (),
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Model-agnostic validation: free-running synthesis scored against the recordings.
 
     mel_l1_dtw is taken on natural-log mel magnitudes whatever the model's scaling, so the
     curves share units; DC-TTS's filterbank and framing still differ from the others', so its
-    curve is comparable in scale, not bin for bin. Returns mean metrics and the teacher-forced
-    alignments: `ID` -> soft attention where the model attends, `ID/durations` -> frames per
-    token (for alignment maps and stability).
+    curve is comparable in scale, not bin for bin. With `audio_metrics` (and each example's
+    recording in `recordings`), the synthesis is also vocoded and scored with those quality
+    measures (MCD, ...), as the final evaluation does. Returns mean metrics (NaN-skipping) and
+    the teacher-forced alignments: `ID` -> soft attention where the model attends,
+    `ID/durations` -> frames per token (for alignment maps and stability).
     """
+    from ttsbench.audio import read_mono
+    from ttsbench.metrics.quality import score_pair
+
+    if audio_metrics and len(recordings) != len(examples):
+        raise ValueError("scoring validation audio needs one recording per validation example")
     metrics: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
         metrics.setdefault(name, []).append(value)
 
     mel_config = model.feature_audio_configs()["mel"]
-    for example in examples:
+    for index, example in enumerate(examples):
         synthesis = model.infer(torch.from_numpy(example.text_ids).to(device))
         reference = natural_log_mel(example.features["mel"], mel_config)
         add("mel_l1_dtw", mel_l1_dtw(reference, natural_log_mel(synthesis.mel, synthesis.audio_config)))
+        if audio_metrics:
+            audio = synthesis.to_audio()
+            rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
+            recording, _ = read_mono(recordings[index], rate)
+            for name, value in score_pair(recording, audio, rate, example.text, audio_metrics).items():
+                add(name, value)
         add("length_ratio", synthesis.num_frames / len(reference))
         add("stopped", float(synthesis.stopped))
         if synthesis.alignment is not None:
@@ -213,7 +234,8 @@ def validate(model: TTSModel, examples: Sequence[Example], pads: Mapping[str, fl
             maps[alignment.id] = alignment.soft.astype(np.float32)
         if alignment.durations is not None:
             maps[f"{alignment.id}/durations"] = np.asarray(alignment.durations, dtype=np.int64)
-    return {k: float(np.mean(v)) for k, v in metrics.items()}, maps
+    means = {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in metrics.items()}
+    return means, maps
 
 
 def duration_change(folder: Path, step: int, maps: Mapping[str, np.ndarray]) -> float | None:
@@ -296,6 +318,8 @@ class Trainer:
         train_examples = load_model_examples(model, split["train"], options.progress)
         val_utts = split["val"][: options.val_utterances] if options.val_utterances else split["val"]
         val_examples = load_model_examples(model, val_utts, options.progress)
+        audio_paths = {u.id: u.audio_path for u in val_utts}
+        val_recordings = [audio_paths[e.id] for e in val_examples]
         pads = pad_values(model)
         lengths = [e.num_frames for e in train_examples]
         schedules = training_schedules(model)
@@ -395,7 +419,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k not in ("lr",)})
 
                     if options.val_every and ((step + 1) % options.val_every == 0 or done) and val_examples:
-                        self._validate(val_examples, pads, state, val_path)
+                        self._validate(val_examples, val_recordings, pads, state, val_path)
                     if (step + 1) % options.checkpoint_every == 0 or done:
                         self._save_checkpoint(optimizers, state)
                     if out_of_time:
@@ -432,11 +456,12 @@ class Trainer:
         optimizer.step()
         return {**{k: _to_float(v) for k, v in losses.items()}, "grad_norm": round(grad_norm, 6)}
 
-    def _validate(self, examples: Sequence[Example], pads: Mapping[str, float], state: dict[str, Any], path: Path) -> None:
+    def _validate(self, examples: Sequence[Example], recordings: Sequence[Path], pads: Mapping[str, float],
+                  state: dict[str, Any], path: Path) -> None:
         self.model.eval()
         try:
             with torch.no_grad():
-                metrics, maps = validate(self.model, examples, pads, self.device)
+                metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics)
         finally:
             self.model.train()
         folder = self.out / "alignments"

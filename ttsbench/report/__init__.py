@@ -271,11 +271,13 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
     curves = [(title, plots.convergence(results, metric, label, log_y))
               for title, metric, label, log_y in (
                   ("Validation mel L1 (free-running, DTW)", "val/mel_l1_dtw", "mel L1 after DTW", False),
+                  ("Validation MCD (vocoded; when the suite's validation.metrics has mcd)", "val/mcd", "MCD dB", False),
                   ("Diagonal score (teacher-forced attention)", "val/diagonal_score", "diagonal score", False),
                   ("Duration change between validations", "val/duration_change", "frames per token", True),
                   ("Synthesised / recorded length", "val/length_ratio", "length ratio", True),
                   ("Training loss (each system's own; not comparable across systems)", "train/loss", "loss", False),
               )]
+    curves = [(title, image) for title, image in curves if image]  # a metric no job logged has no plot
     claims_roles = {claim: dict(roles) for claim, roles in suite.get("claims", [])}
     verdicts = judge(results, claims_roles, thresholds) if claims_roles else []
     context = {
