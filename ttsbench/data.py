@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig, linear_spectrogram, load_audio, mel_spectrogram
+from ttsbench.fileio import atomic_path
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
 EMBEDDED = "embedded"
@@ -240,16 +240,9 @@ def _file_digest(path: Path) -> str:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write via a temp file and rename, so a killed run never leaves a truncated cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A killed run never leaves a truncated cache entry."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 class FeatureCache:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 
+from ttsbench.fileio import read_jsonl
 from ttsbench.suite import Evaluation, Job, Suite
 
 SKIPPED_LOG_KEYS = {"step", "seconds", "samples", "epoch", "event", "reason"}
@@ -129,12 +130,6 @@ def train_and_evaluate(job: Job, suite: Suite, out: Path, progress: bool) -> tup
     return state, rows
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
@@ -147,8 +142,9 @@ def training_rows(out: Path, log_every: int, parameters: int) -> list[dict[str, 
     """The loss curve (every `log_every` steps), the validation curve and the run's totals."""
     from ttsbench.metrics.speed import training_steps_per_second
 
-    log = [r for r in _read_jsonl(out / "log.jsonl") if "event" not in r]
-    events = [r for r in _read_jsonl(out / "log.jsonl") if r.get("event") == "diverged"]
+    records = read_jsonl(out / "log.jsonl")
+    log = [r for r in records if "event" not in r]
+    events = [r for r in records if r.get("event") == "diverged"]
     rows: list[dict[str, Any]] = []
     for i, record in enumerate(log):
         if record["step"] % log_every and i != len(log) - 1:
@@ -159,7 +155,7 @@ def training_rows(out: Path, log_every: int, parameters: int) -> list[dict[str, 
             if (number := _number(value)) is not None:
                 rows.append({"metric": f"train/{key}", "value": number, "step": record["step"] + 1,
                              "seconds": record["seconds"]})
-    for record in _read_jsonl(out / "val.jsonl"):
+    for record in read_jsonl(out / "val.jsonl"):
         for key, value in record.items():
             if key not in SKIPPED_VAL_KEYS and (number := _number(value)) is not None:
                 rows.append({"metric": f"val/{key}", "value": number, "step": record["step"],

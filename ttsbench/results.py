@@ -20,8 +20,6 @@ replaced, never appended twice.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -30,28 +28,11 @@ from typing import Any
 
 import pandas as pd
 
+from ttsbench.fileio import atomic_write_json, atomic_write_jsonl
+
 COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item")
 STATES = ("finished", "diverged", "failed")
 DONE_STATES = ("finished", "diverged")  # a failed job is tried again when the run is resumed
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 class RunStore:
@@ -121,7 +102,7 @@ class RunStore:
             if missing:
                 raise ValueError(f"result row of job {job['id']} lacks {', '.join(missing)}: {row}")
         kept = [r for r in self._read_rows() if r["job"] != job["id"]]
-        atomic_write_text(self.results_path, "".join(json.dumps(_clean(r)) + "\n" for r in kept + new))
+        atomic_write_jsonl(self.results_path, [_clean(r) for r in kept + new])
         jobs = self.jobs()
         jobs[job["id"]] = {"state": state, "config_hash": job["config_hash"], "system": job["system"],
                            "variant": job["variant"], "seed": job["seed"], "rows": len(new), **info}

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig, natural_log_mel
 from ttsbench.data import Batch, Corpus, Example, bucket_batches, collate, load_examples
+from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.quality import mel_l1_dtw
 from ttsbench.models.base import TTSModel
@@ -148,33 +147,8 @@ def build_optimizer(model: TTSModel, params: Sequence[torch.nn.Parameter]) -> to
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a row cut by a kill mid-write: everything after it is untrusted
-    return rows
-
-
-def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    os.replace(tmp, path)
 
 
 def _to_float(value: Any) -> float:
@@ -256,6 +230,34 @@ def duration_change(folder: Path, step: int, maps: Mapping[str, np.ndarray]) -> 
     return float(np.mean(diffs)) if diffs else None
 
 
+def optimizer_update(model: TTSModel, network: str, optimizer: torch.optim.Optimizer, batch: Batch,
+                     step: int) -> dict[str, float]:
+    """One optimizer step of one network (the trainer's, and what the benchmarks time).
+
+    Returns its loss parts and its gradient norm; raises TrainingDiverged on a non-finite loss
+    or gradient norm before the step changes any weight.
+    """
+    config = model.config
+    optimizer.zero_grad(set_to_none=True)
+    if model.networks == ("model",):
+        losses = model.training_step(batch, step)
+    else:
+        losses = model.training_step(batch, step, network)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss is {float(loss.detach())}", step)
+    loss.backward()
+    with_grad = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if config.grad_clip_value is not None:
+        torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value)
+    max_norm = config.grad_clip_norm if config.grad_clip_norm is not None else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
+    if not math.isfinite(grad_norm):
+        raise TrainingDiverged(f"{network} gradient norm is {grad_norm}", step)
+    optimizer.step()
+    return {**{k: _to_float(v) for k, v in losses.items()}, "grad_norm": round(grad_norm, 6)}
+
+
 def training_schedules(model: TTSModel) -> dict[str, Schedule]:
     """Every value the trainer schedules: the system's own, plus batch size and learning rate."""
     config = model.config
@@ -305,7 +307,7 @@ class Trainer:
                 )
         else:
             self.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(current, indent=2), "utf-8")
+            atomic_write_json(path, current)
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -337,8 +339,8 @@ class Trainer:
                 optimizer.load_state_dict(checkpoint["optimizers"][name])
             torch.set_rng_state(checkpoint["torch_rng"].cpu())
             state = dict(checkpoint["state"])
-            _rewrite_jsonl(log_path, [r for r in _read_jsonl(log_path) if r["step"] < state["step"]])
-            _rewrite_jsonl(val_path, [r for r in _read_jsonl(val_path) if r["step"] <= state["step"]])
+            atomic_write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] < state["step"]])
+            atomic_write_jsonl(val_path, [r for r in read_jsonl(val_path) if r["step"] <= state["step"]])
         else:
             for path in (log_path, val_path):
                 path.unlink(missing_ok=True)
@@ -382,7 +384,7 @@ class Trainer:
                     losses: dict[str, float] = {}
                     for network, optimizer in optimizers.items():
                         started = time.perf_counter()
-                        parts = self._update(network, optimizer, batch, step)
+                        parts = optimizer_update(model, network, optimizer, batch, step)
                         if self.device.type == "cuda":
                             torch.cuda.synchronize()
                         elapsed = time.perf_counter() - started
@@ -434,28 +436,6 @@ class Trainer:
         self._write_result("finished", state, {})
         return TrainResult("finished", state["step"], state["seconds"], state["samples"], self.out, last_losses)
 
-    def _update(self, network: str, optimizer: torch.optim.Optimizer, batch: Batch, step: int) -> dict[str, float]:
-        """One optimizer step of one network; returns its loss parts and its gradient norm."""
-        model, config = self.model, self.model.config
-        optimizer.zero_grad(set_to_none=True)
-        if model.networks == ("model",):
-            losses = model.training_step(batch, step)
-        else:
-            losses = model.training_step(batch, step, network)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {float(loss.detach())}", step)
-        loss.backward()
-        with_grad = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if config.grad_clip_value is not None:
-            torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value)
-        max_norm = config.grad_clip_norm if config.grad_clip_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
-        if not math.isfinite(grad_norm):
-            raise TrainingDiverged(f"{network} gradient norm is {grad_norm}", step)
-        optimizer.step()
-        return {**{k: _to_float(v) for k, v in losses.items()}, "grad_norm": round(grad_norm, 6)}
-
     def _validate(self, examples: Sequence[Example], recordings: Sequence[Path], pads: Mapping[str, float],
                   state: dict[str, Any], path: Path) -> None:
         self.model.eval()
@@ -487,7 +467,7 @@ class Trainer:
             "threads": torch.get_num_threads(),
             **extra,
         }
-        (self.out / "result.json").write_text(json.dumps(result, indent=2), "utf-8")
+        atomic_write_json(self.out / "result.json", result)
 
 
 def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions) -> TrainResult:

@@ -11,9 +11,9 @@ schedule (the system's own, "batch_size" and "lr") is evaluated at step 0 and ha
 benchmark batch repeated): Glow-TTS's data-dependent init, FastSpeech2's feature statistics and
 SNIPER's SNIP scores, the RL duration model's length prior.
 
-train-step: what the Trainer's update does for each network (DC-TTS has two, Text2Mel and SSRN),
-then `after_optimizer_step`: zero_grad, forward, backward, the config's gradient clipping (by
-value and/or by norm) and the optimizer step, at the step-0 learning rate.
+train-step: the Trainer's own `optimizer_update` for each network (DC-TTS has two, Text2Mel and
+SSRN), then `after_optimizer_step`: zero_grad, forward, backward, the config's gradient clipping
+(by value and/or by norm) and the optimizer step, at the step-0 learning rate.
 inference: `model.infer(text_ids)` under `torch.no_grad()`, the acoustic model alone (no
 Griffin-Lim). The models are untrained, so the frames produced (in `extra_info`) are whatever an
 untrained model emits: autoregressive systems that never fire their stop rule decode up to
@@ -33,7 +33,14 @@ from ttsbench import models
 from ttsbench.data import Batch, Corpus, collate
 from ttsbench.models.base import TTSModel
 from ttsbench.text import TextProcessor
-from ttsbench.train import LazyBatches, build_optimizers, load_model_examples, pad_values, training_schedules
+from ttsbench.train import (
+    LazyBatches,
+    build_optimizers,
+    load_model_examples,
+    optimizer_update,
+    pad_values,
+    training_schedules,
+)
 
 SEED = 0
 TRAIN_UTTERANCES = 4
@@ -69,7 +76,6 @@ def reseed() -> None:
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_bench_train_step(benchmark, name, embedded_corpus):
     model, batch, values = ready_model(name, embedded_corpus)
-    config = model.config
     optimizers = build_optimizers(model)
     for optimizer in optimizers.values():
         for group in optimizer.param_groups:
@@ -80,21 +86,9 @@ def test_bench_train_step(benchmark, name, embedded_corpus):
 
     def train_step() -> None:
         for network, optimizer in optimizers.items():
-            optimizer.zero_grad(set_to_none=True)
-            if model.networks == ("model",):
-                parts = model.training_step(batch, 0)
-            else:
-                parts = model.training_step(batch, 0, network)
-            loss = parts["loss"]
-            loss.backward()
-            with_grad = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if config.grad_clip_value is not None:
-                torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value)
-            max_norm = config.grad_clip_norm if config.grad_clip_norm is not None else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
-            optimizer.step()
-            losses[network].append(float(loss.detach()))
-            grad_norms[network].append(grad_norm)
+            parts = optimizer_update(model, network, optimizer, batch, 0)
+            losses[network].append(parts["loss"])
+            grad_norms[network].append(parts["grad_norm"])
         model.after_optimizer_step(0)
 
     benchmark.group = "train-step"

@@ -21,7 +21,6 @@ shows growth beyond the process's earlier peak; the `memory_method` attribute sa
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ttsbench.data import standard_split_sentences
+from ttsbench.fileio import read_jsonl
 from ttsbench.text import TextProcessor
 
 if TYPE_CHECKING:
@@ -254,13 +254,7 @@ def training_steps_per_second(log: str | Path | pd.DataFrame) -> float:
     else:
         path = Path(log)
         path = path / "log.jsonl" if path.is_dir() else path
-        records = []
-        for line in path.read_text("utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a row cut by a kill mid-write ends the trustworthy part
-        rows = pd.DataFrame(records)
+        rows = pd.DataFrame(read_jsonl(path))
     if "seconds" not in rows or "step" not in rows:
         raise ValueError("the log needs 'step' and 'seconds' columns")
     rows = rows.dropna(subset=["step", "seconds"]).sort_values("step")
