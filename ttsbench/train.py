@@ -192,7 +192,11 @@ def validate(
             audio = synthesis.to_audio()
             rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
             recording, _ = read_mono(recordings[index], rate)
-            for name, value in score_pair(recording, audio, rate, example.text, audio_metrics).items():
+            try:
+                scores = score_pair(recording, audio, rate, example.text, audio_metrics)
+            except ValueError:  # no audio, or too little to analyse: no score, not a failed run
+                scores = {name: float("nan") for name in audio_metrics}
+            for name, value in scores.items():
                 add(name, value)
         add("length_ratio", synthesis.num_frames / len(reference))
         add("stopped", float(synthesis.stopped))
