@@ -16,6 +16,12 @@ import pandas as pd  # noqa: E402
 COLORS = plt.get_cmap("tab10").colors
 
 
+def variant_color(results: pd.DataFrame, variant: str) -> tuple[float, ...]:
+    """The same colour for a variant in every plot of a report (by its place among all variants)."""
+    variants = sorted(results["variant"].dropna().unique())
+    return COLORS[variants.index(variant) % len(COLORS)]
+
+
 def to_data_uri(figure: plt.Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -42,15 +48,16 @@ def convergence(results: pd.DataFrame, metric: str, label: str, log_y: bool = Fa
     if rows.empty:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for i, (variant, group) in enumerate(rows.groupby("variant", sort=True)):
+    for variant, group in rows.groupby("variant", sort=True):
+        color = variant_color(results, variant)
         curves = [seed_rows.sort_values("step") for _, seed_rows in group.groupby("seed")]
         seeds = len(curves)
         for axis, x in zip(axes, ("step", "seconds")):
             grid, median, low, high = _band(curves, x)
-            axis.plot(grid, median, color=COLORS[i % 10], marker="o" if len(grid) < 12 else None, markersize=3,
+            axis.plot(grid, median, color=color, marker="o" if len(grid) < 12 else None, markersize=3,
                       label=f"{variant} ({seeds} seed{'s' * (seeds > 1)})")
             if seeds > 1:
-                axis.fill_between(grid, low, high, color=COLORS[i % 10], alpha=0.2, linewidth=0)
+                axis.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel("training seconds (evaluation excluded)")
     axes[0].set_ylabel(label)
@@ -69,10 +76,10 @@ def rtf_against_length(results: pd.DataFrame) -> str | None:
         return None
     table = rows.pivot_table(index=["variant", "item"], columns="metric", values="value", aggfunc="median").reset_index()
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
-    for i, (variant, group) in enumerate(table.groupby("variant", sort=True)):
+    for variant, group in table.groupby("variant", sort=True):
         group = group.sort_values("rtf/chars")
         for axis, column in zip(axes, ("rtf/total", "rtf/acoustic")):
-            axis.plot(group["rtf/chars"], group[column], marker="o", color=COLORS[i % 10], label=variant)
+            axis.plot(group["rtf/chars"], group[column], marker="o", color=variant_color(results, variant), label=variant)
     axes[0].set_ylabel("RTF (lower is faster)")
     axes[0].set_title("acoustic model + Griffin-Lim", fontsize=10)
     axes[1].set_title("acoustic model alone", fontsize=10)
