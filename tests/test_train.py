@@ -139,7 +139,7 @@ def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedd
         torch.manual_seed(5)
         synthesis = model.infer(torch.from_numpy(examples[0].text_ids))
     audio = synthesis.to_audio()
-    rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
+    rate = synthesis.output_audio_config.sample_rate
     expected = score_pair(read_mono(utterance.audio_path, rate)[0], audio, rate, utterance.text, ["mcd"])["mcd"]
     assert metrics["mcd"] == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="one recording per validation example"):

@@ -128,7 +128,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         synthesis = model.infer(torch.tensor(ids, dtype=torch.long, device=device))
     acoustic = time.perf_counter() - started
     audio = synthesis.to_audio()
-    config = synthesis.linear_audio_config or synthesis.audio_config
+    config = synthesis.output_audio_config
     save_audio(args.output, audio, config)
     seconds = len(audio) / config.sample_rate
     print(f"{args.output}: {seconds:.2f} s of audio from {checkpoint['system']} at step {checkpoint['step']}, "

@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from ttsbench.fileio import read_jsonl
 from ttsbench.suite import Evaluation, Job, Suite
 
@@ -198,7 +197,7 @@ def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progre
         with torch.no_grad():
             synthesis = model.infer(torch.tensor(processor.encode(utterance.text), dtype=torch.long, device=model.device))
         audio = synthesis.to_audio()
-        config = synthesis.linear_audio_config or synthesis.audio_config
+        config = synthesis.output_audio_config
         reference = read_mono(utterance.audio_path, config.sample_rate)[0]
         if index < evaluation.audio_samples:
             save_audio(samples / f"{utterance.id}.wav", audio, config)

@@ -190,7 +190,7 @@ def validate(
         add("mel_l1_dtw", mel_l1_dtw(reference, natural_log_mel(synthesis.mel, synthesis.audio_config)))
         if audio_metrics:
             audio = synthesis.to_audio()
-            rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
+            rate = synthesis.output_audio_config.sample_rate
             recording, _ = read_mono(recordings[index], rate)
             try:
                 scores = score_pair(recording, audio, rate, example.text, audio_metrics)
@@ -324,8 +324,7 @@ class Trainer:
         train_examples = load_model_examples(model, split["train"], options.progress)
         val_utts = split["val"][: options.val_utterances] if options.val_utterances else split["val"]
         val_examples = load_model_examples(model, val_utts, options.progress)
-        audio_paths = {u.id: u.audio_path for u in val_utts}
-        val_recordings = [audio_paths[e.id] for e in val_examples]
+        val_recordings = [u.audio_path for u in val_utts]  # load_model_examples keeps their order
         pads = pad_values(model)
         lengths = [e.num_frames for e in train_examples]
         schedules = training_schedules(model)

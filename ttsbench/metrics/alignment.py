@@ -263,7 +263,7 @@ def hard_sentence_outcomes(
         with torch.no_grad():
             synthesis = model.infer(ids)
         audio = synthesis.to_audio()
-        rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
+        rate = synthesis.output_audio_config.sample_rate
         seconds = len(audio) / rate
         row: dict[str, object] = {
             "id": utt_id,

@@ -184,7 +184,7 @@ def measure_rtf(
                 runs.append(time_synthesis(model, ids))
         memory_method = memory.method
         synthesis, audio = runs[-1][3], runs[-1][4]
-        rate = (synthesis.linear_audio_config or synthesis.audio_config).sample_rate
+        rate = synthesis.output_audio_config.sample_rate
         audio_seconds = len(audio) / rate
         acoustic = statistics.median(r[0] for r in runs)
         vocoder = statistics.median(r[1] for r in runs)

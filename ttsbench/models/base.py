@@ -152,10 +152,17 @@ class Synthesis:
     def audio_seconds(self) -> float:
         return self.num_frames * self.audio_config.hop_length / self.audio_config.sample_rate
 
+    @property
+    def output_audio_config(self) -> AudioConfig:
+        """The front end of `to_audio()`'s waveform: its sample rate, for saving and scoring it."""
+        if self.linear is not None and self.linear_audio_config is not None:
+            return self.linear_audio_config
+        return self.audio_config
+
     def to_audio(self) -> np.ndarray:
         """Griffin-Lim from the linear spectrogram where the model makes one, else from mel."""
         if self.linear is not None:
-            return griffin_lim_from_linear(self.linear, self.linear_audio_config or self.audio_config)
+            return griffin_lim_from_linear(self.linear, self.output_audio_config)
         return griffin_lim_from_mel(self.mel, self.audio_config)
 
 

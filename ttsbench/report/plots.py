@@ -16,10 +16,10 @@ import pandas as pd  # noqa: E402
 COLORS = plt.get_cmap("tab10").colors
 
 
-def variant_color(results: pd.DataFrame, variant: str) -> tuple[float, ...]:
+def variant_colors(results: pd.DataFrame) -> dict[str, tuple[float, ...]]:
     """The same colour for a variant in every plot of a report (by its place among all variants)."""
     variants = sorted(results["variant"].dropna().unique())
-    return COLORS[variants.index(variant) % len(COLORS)]
+    return {variant: COLORS[i % len(COLORS)] for i, variant in enumerate(variants)}
 
 
 def to_data_uri(figure: plt.Figure) -> str:
@@ -48,8 +48,9 @@ def convergence(results: pd.DataFrame, metric: str, label: str, log_y: bool = Fa
     if rows.empty:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    colors = variant_colors(results)
     for variant, group in rows.groupby("variant", sort=True):
-        color = variant_color(results, variant)
+        color = colors[variant]
         curves = [seed_rows.sort_values("step") for _, seed_rows in group.groupby("seed")]
         seeds = len(curves)
         for axis, x in zip(axes, ("step", "seconds")):
@@ -76,10 +77,11 @@ def rtf_against_length(results: pd.DataFrame) -> str | None:
         return None
     table = rows.pivot_table(index=["variant", "item"], columns="metric", values="value", aggfunc="median").reset_index()
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
+    colors = variant_colors(results)
     for variant, group in table.groupby("variant", sort=True):
         group = group.sort_values("rtf/chars")
         for axis, column in zip(axes, ("rtf/total", "rtf/acoustic")):
-            axis.plot(group["rtf/chars"], group[column], marker="o", color=variant_color(results, variant), label=variant)
+            axis.plot(group["rtf/chars"], group[column], marker="o", color=colors[variant], label=variant)
     axes[0].set_ylabel("RTF (lower is faster)")
     axes[0].set_title("acoustic model + Griffin-Lim", fontsize=10)
     axes[1].set_title("acoustic model alone", fontsize=10)
