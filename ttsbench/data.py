@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -88,11 +89,36 @@ class Corpus:
         return all(set(standard_split_ids(s)) <= ids for s in SPLITS)
 
     def split(self, seed: int = 0, val_count: int | None = None, test_count: int | None = None) -> dict[str, list[Utterance]]:
-        """The standard split for full LJSpeech; otherwise a seeded split by count."""
+        """The corpus's own `split/*.txt` files if it has them (synthetic corpora keep digit
+        strings disjoint that way), else the standard split for full LJSpeech, else a seeded
+        split by count. Explicit counts always ask for the seeded split."""
+        if val_count is None and test_count is None:
+            own = _split_from_files(self)
+            if own is not None:
+                return own
         if self.is_full_ljspeech and val_count is None and test_count is None:
             index = self.by_id()
             return {s: [index[i] for i in standard_split_ids(s)] for s in SPLITS}
         return split_by_count(self.utterances, seed=seed, val_count=val_count, test_count=test_count)
+
+
+def _split_from_files(corpus: Corpus) -> dict[str, list[Utterance]] | None:
+    """`root/split/{train,val,test}.txt` (one id a line) as utterances; None unless all three exist."""
+    paths = {s: corpus.root / "split" / f"{s}.txt" for s in SPLITS}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    index = corpus.by_id()
+    out: dict[str, list[Utterance]] = {}
+    for split, path in paths.items():
+        out[split] = []
+        for line_no, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+            utt_id = line.strip()
+            if not utt_id:
+                continue
+            if utt_id not in index:
+                raise ValueError(f"{path}:{line_no}: id {utt_id!r} is not in the corpus (or has a problem)")
+            out[split].append(index[utt_id])
+    return out
 
 
 def embedded_corpus_path() -> Path:
@@ -124,8 +150,129 @@ def _find_audio(wav_dir: Path, utt_id: str) -> Path | None:
     return None
 
 
-def check_corpus(path: str | Path, processor: TextProcessor | None = None) -> tuple[Corpus, list[CorpusProblem]]:
-    """Read and validate a corpus folder; returns the good utterances and every problem found."""
+# Audio that loads but poisons training. -60 dBFS peak is ~33/32768 in 16-bit: hiss, not speech;
+# the quietest clips of real LJSpeech peak around -6 dBFS, so real quiet speech clears it widely.
+SILENCE_DBFS = -60.0
+_UTF8_BOM = b"\xef\xbb\xbf"
+_READ_BLOCK_FRAMES = 1 << 18  # ~12 s at 22.05 kHz: one read for an LJSpeech clip, bounded memory for a long file
+_NO_SIZE = 0xFFFFFFFF  # data-chunk size written by streaming WAV writers that never knew the length
+
+
+@dataclass(frozen=True)
+class _AudioScan:
+    """What one pass over a file's samples tells about it."""
+
+    sample_rate: int
+    declared_frames: int
+    frames: int
+    peak: float
+    non_finite: int
+    first_non_finite: int
+    error: str | None
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames the WAV data chunk declares, from the raw header.
+
+    libsndfile quietly shrinks its frame count to what a cut-off file holds, so only the RIFF
+    header still shows that samples are missing. None when not a plain RIFF/WAVE or unknowable.
+    """
+    block_align = 0
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while len(chunk := handle.read(8)) == 8:
+            chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"data":
+                return None if size == _NO_SIZE or not block_align else size // block_align
+            if chunk_id == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else 0
+            else:
+                handle.seek(size + (size & 1), os.SEEK_CUR)
+    return None
+
+
+def _scan_audio(path: Path) -> _AudioScan:
+    """Read every sample once, in blocks, keeping only the frame count, peak and NaN/inf count.
+
+    Raises when the file cannot be opened at all; a failure part-way is kept in `error`.
+    """
+    with sf.SoundFile(str(path)) as audio:
+        sample_rate, declared = audio.samplerate, audio.frames
+        frames, peak, non_finite, first_bad, error = 0, 0.0, 0, -1, None
+        try:
+            while len(block := audio.read(_READ_BLOCK_FRAMES, dtype="float32")):
+                block_peak = float(max(block.max(), -block.min()))  # NaN/inf propagate: a free finite check
+                if not np.isfinite(block_peak):
+                    bad = ~np.isfinite(block)
+                    if first_bad < 0:
+                        first_bad = frames + int(np.argmax(bad.any(axis=1) if bad.ndim == 2 else bad))
+                    non_finite += int(bad.sum())
+                    finite = block[~bad]
+                    block_peak = float(np.abs(finite).max()) if finite.size else 0.0
+                peak = max(peak, block_peak)
+                frames += len(block)
+        except Exception as err:  # noqa: BLE001 - libsndfile raises several types for a broken stream
+            error = str(err).strip()
+    if path.suffix.lower() == ".wav":
+        declared = max(declared, _wav_declared_frames(path) or 0)
+    return _AudioScan(sample_rate, declared, frames, peak, non_finite, first_bad, error)
+
+
+def _audio_defects(path: Path, scan: _AudioScan, min_seconds: float, max_seconds: float) -> list[str]:
+    """Every reason a readable file would break or poison training, one message each."""
+    if scan.error is not None:  # the level and length of a half-read stream would only add noise
+        frames = f"{scan.frames} of {scan.declared_frames} frames"
+        return [f"unreadable audio {path}: decoding failed after {frames} (truncated or corrupt): {scan.error}"]
+    defects = []
+    if scan.frames < scan.declared_frames:
+        defects.append(f"truncated audio: {path} holds {scan.frames} of the {scan.declared_frames} frames its header declares")
+    if scan.non_finite:
+        at = scan.first_non_finite / scan.sample_rate
+        defects.append(f"non-finite audio: {path} has {scan.non_finite} NaN/inf sample(s), the first at {at:.3f} s")
+    if scan.peak == 0.0:
+        defects.append(f"silent audio: {path} is all zeros (peak -inf dBFS)")
+    elif (level := 20.0 * float(np.log10(scan.peak))) < SILENCE_DBFS:
+        defects.append(f"near-silent audio: {path} peaks at {level:.1f} dBFS (below {SILENCE_DBFS:g} dBFS)")
+    seconds = scan.frames / scan.sample_rate
+    if seconds < min_seconds:
+        defects.append(f"audio too short: {path} is {seconds:.3f} s (min_seconds={min_seconds:g})")
+    if seconds > max_seconds:
+        defects.append(f"audio too long: {path} is {seconds:.2f} s (max_seconds={max_seconds:g})")
+    return defects
+
+
+def _silently_dropped(text: str, processor: TextProcessor, memo: dict[str, bool]) -> list[str]:
+    """Characters the cleaners delete without a trace (unidecode has no ASCII for emoji), so
+    `encode` never sees them and the model trains on text that no longer matches the audio.
+
+    Combining and format marks (accents of decomposed text, zero-width joiners) are meant to go.
+    """
+    dropped = set()
+    for char in set(text):
+        if char.isascii() or char.isspace() or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        if char not in memo:
+            memo[char] = not processor.clean(char)
+        if memo[char]:
+            dropped.add(char)
+    return sorted(dropped)
+
+
+def check_corpus(
+    path: str | Path,
+    processor: TextProcessor | None = None,
+    *,
+    min_seconds: float = 0.3,
+    max_seconds: float = 20.0,
+) -> tuple[Corpus, list[CorpusProblem]]:
+    """Read and validate a corpus folder; returns the good utterances and every problem found.
+
+    Every sample is read once, so audio that loads but would break or poison training (NaN/inf,
+    silence, a cut-off file, a clip outside [min_seconds, max_seconds]) is caught here too.
+    """
     root = resolve_corpus_path(path)
     processor = processor or TextProcessor()
     metadata = root / "metadata.csv"
@@ -137,12 +284,14 @@ def check_corpus(path: str | Path, processor: TextProcessor | None = None) -> tu
     problems: list[CorpusProblem] = []
     utterances: list[Utterance] = []
     first_seen: dict[str, int] = {}
+    dropped_memo: dict[str, bool] = {}
     wav_dir = root / "wavs"
 
     def problem(line: int, message: str) -> None:
         problems.append(CorpusProblem(metadata, line, message))
 
-    for line_no, raw in enumerate(metadata.read_bytes().splitlines(), start=1):
+    content = metadata.read_bytes().removeprefix(_UTF8_BOM)  # Excel and Notepad write one
+    for line_no, raw in enumerate(content.splitlines(), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -174,28 +323,42 @@ def check_corpus(path: str | Path, processor: TextProcessor | None = None) -> tu
         except UnknownCharactersError as err:
             problem(line_no, str(err))
             continue
+        if processor.on_unknown == "error" and (dropped := _silently_dropped(text, processor, dropped_memo)):
+            listed = ", ".join(repr(c) for c in dropped)
+            problem(line_no, f"unknown characters {listed} in {text!r}: the text cleaners would silently drop them")
+            continue
         audio_path = _find_audio(wav_dir, utt_id)
         if audio_path is None:
             problem(line_no, f"missing audio: {wav_dir / (utt_id + '.wav')} does not exist")
             continue
         try:
-            info = sf.info(str(audio_path))
-        except Exception as err:  # soundfile raises several types for broken files
+            scan = _scan_audio(audio_path)
+        except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
             problem(line_no, f"unreadable audio {audio_path}: {str(err).strip()}")
             continue
-        if info.frames == 0:
+        if scan.declared_frames == 0:
             problem(line_no, f"zero-length audio: {audio_path}")
             continue
-        utterances.append(Utterance(utt_id, text, audio_path, line_no, info.frames, info.samplerate))
+        defects = _audio_defects(audio_path, scan, min_seconds, max_seconds)
+        for message in defects:
+            problem(line_no, message)
+        if not defects:
+            utterances.append(Utterance(utt_id, text, audio_path, line_no, scan.frames, scan.sample_rate))
 
     if not utterances and not problems:
         problem(1, "metadata.csv lists no utterances")
     return Corpus(root, utterances), problems
 
 
-def load_corpus(path: str | Path, processor: TextProcessor | None = None) -> Corpus:
+def load_corpus(
+    path: str | Path,
+    processor: TextProcessor | None = None,
+    *,
+    min_seconds: float = 0.3,
+    max_seconds: float = 20.0,
+) -> Corpus:
     """Like `check_corpus`, but raises `CorpusError` listing every problem."""
-    corpus, problems = check_corpus(path, processor)
+    corpus, problems = check_corpus(path, processor, min_seconds=min_seconds, max_seconds=max_seconds)
     if problems:
         raise CorpusError(problems)
     return corpus
@@ -231,8 +394,13 @@ def register_feature(name: str, function: FeatureFunction) -> None:
     FEATURES[name] = function
 
 
+def cache_root() -> Path:
+    """~/.cache/ttsbench, or $TTSBENCH_CACHE: features/ and generated corpora/ live here."""
+    return Path(os.environ.get("TTSBENCH_CACHE", Path.home() / ".cache" / "ttsbench"))
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TTSBENCH_CACHE", Path.home() / ".cache" / "ttsbench")) / "features"
+    return cache_root() / "features"
 
 
 def _file_digest(path: Path) -> str:
