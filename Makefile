@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUITE ?= suites/cpu.yaml
 RUN ?= runs/$(basename $(notdir $(SUITE)))
-EXTRAS ?= dev
+EXTRAS ?= dev,corpus
 
-.PHONY: install test bench claims report readme-table clean
+.PHONY: install test lint bench claims report readme-table clean
 
 install: $(BIN)/ttsbench
 
@@ -20,6 +20,9 @@ $(BIN)/ttsbench: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check ttsbench tests
 
 # The default benchmark: the suite (resumes if RUN holds part of it), the pytest-benchmark speed
 # comparisons into the run folder, then the report into reports/. A failed job is recorded in

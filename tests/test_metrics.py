@@ -95,7 +95,7 @@ def test_wer_of_the_recording_is_far_below_wer_against_a_wrong_text(clip):
     audio, rate, text = clip
     right = quality.score_pair(None, audio, rate, text, metrics=["wer", "cer"])
     wrong = quality.score_pair(None, audio, rate, WRONG_TEXT, metrics=["wer", "cer"])
-    assert right["wer"] <= 0.5 and right["cer"] < 0.3
+    assert right["wer"] <= 0.1 and right["cer"] < 0.1
     assert wrong["wer"] >= 0.9 and wrong["cer"] > right["cer"] + 0.4
 
 
@@ -124,13 +124,6 @@ def test_metric_registry_selects_and_rejects_by_requirements():
         quality.resolve_metrics(["wer"], have_reference=True, have_text=False)
     with pytest.raises(KeyError, match="nonsense"):
         quality.resolve_metrics(["nonsense"], have_reference=True, have_text=True)
-
-
-def test_text_normalisation_matches_asr_output_style():
-    assert quality.normalise_text("Dr. Smith paid $3.50 -- on the 2nd!") == (
-        "doctor smith paid three dollars fifty cents on the second"
-    )
-    assert quality.normalise_text("'Lee's' \"revolver\"") == "lee's revolver"
 
 
 # ---- alignment scores ------------------------------------------------------------------------
@@ -338,10 +331,11 @@ def test_score_cli_writes_per_utterance_and_summary_rows(tmp_path, embedded_corp
     assert [(r["kind"], r["id"], r["metric"]) for r in rows] == [
         ("utterance", "LJ001-0002", "mcd"), ("utterance", "LJ001-0002", "stoi"),
         ("utterance", "LJ001-0013", "mcd"), ("utterance", "LJ001-0013", "stoi"),
-        ("mean", "", "mcd"), ("std", "", "mcd"), ("mean", "", "stoi"), ("std", "", "stoi"),
+        ("set", "", "mcd"), ("set", "", "stoi"),
     ]
     mean_mcd = np.mean([float(r["value"]) for r in rows[:4] if r["metric"] == "mcd"])
     assert float(rows[4]["value"]) == pytest.approx(mean_mcd) and rows[4]["unit"] == "dB"
+    assert float(rows[4]["low"]) <= mean_mcd <= float(rows[4]["high"])
     assert "mcd" in capsys.readouterr().out
 
     sf.write(syn / "extra.wav", np.zeros(8000, dtype=np.float32), 22050)

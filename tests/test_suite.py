@@ -14,7 +14,7 @@ from ttsbench.suite import SuiteError, load_suite
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "cpu.yaml", "claims.yaml", "ljspeech-gpu.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "cpu.yaml", "cpu-lj.yaml", "claims.yaml", "ljspeech-gpu.yaml"])
 def test_shipped_suites_load(name):
     suite = load_suite(SUITES / name)
     jobs = suite.jobs()
@@ -33,6 +33,24 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "suite.yaml"
     path.write_text(text, "utf-8")
     return path
+
+
+def test_a_synthetic_corpus_is_named_with_its_options_and_shapes_the_hash(tmp_path):
+    from ttsbench.synthetic import corpus_cache_path
+
+    systems = "systems:\n  - {system: glow-tts}\n"
+    digits = load_suite(write(tmp_path, "corpus: {kind: digits, count: 60, seed: 2}\n" + systems))
+    spec = digits.corpus_spec()
+    assert (spec.kind, spec.count, spec.seed) == ("digits", 60, 2)
+    assert digits.corpus_location() == str(corpus_cache_path(spec))
+    assert digits.hard_sentence_set()[0][0].startswith("DIGHARD")
+    other = load_suite(write(tmp_path, "corpus: {kind: digits, count: 61, seed: 2}\n" + systems))
+    assert other.jobs()[1].config_hash != digits.jobs()[1].config_hash
+    assert load_suite(write(tmp_path, "corpus: lj-text\n" + systems)).corpus_spec().kind == "lj-text"
+    with pytest.raises(SuiteError) as err:
+        load_suite(write(tmp_path, "corpus:\n  kind: digits\n  count: many\n  colour: red\n" + systems))
+    message = str(err.value)
+    assert "suite.yaml:3: corpus.count" in message and "suite.yaml:4: corpus.colour: unknown key" in message
 
 
 def test_every_problem_is_named_with_its_line(tmp_path):

@@ -40,7 +40,7 @@ def test_log_follows_schedule_at_exact_steps(tmp_path, embedded_corpus):
     for row in rows:
         assert {"loss", "mel_loss", "linear_loss", "stop_loss", "lr", "grad_norm"} <= set(row)
     assert result.state == "finished" and result.steps == 9
-    val = [json.loads(l) for l in (tmp_path / "val.jsonl").read_text().splitlines()]
+    val = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
     assert [v["step"] for v in val] == [9]
     assert {"mel_l1_dtw", "diagonal_score", "focus_rate", "stopped"} <= set(val[0])
     assert list((tmp_path / "alignments").glob("step_00000009.npz"))

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ttsbench.data import EMBEDDED, check_corpus
 from ttsbench.text import TextProcessor
+
+if TYPE_CHECKING:
+    from ttsbench.metrics.stats import Interval
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -164,7 +169,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ttsbench.audio import read_mono
-    from ttsbench.metrics.quality import METRICS, resolve_metrics, score_pair, summarise
+    from ttsbench.metrics.quality import METRICS, resolve_metrics, score, summarise, unheard
+    from ttsbench.metrics.speaker import SpeakerReference
+    from ttsbench.metrics.stats import mean_interval
 
     try:
         references, syntheses = _audio_files(args.ref), _audio_files(args.syn)
@@ -190,37 +197,60 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if requested is None and not args.text:
         print("note: no --text, so wer and cer are left out")
 
+    speaker = (SpeakerReference.from_audio({u: read_mono(path) for u, path in references.items()})
+               if "speaker_sim" in names else None)
     rows, scores, failures = [], [], []
     for utt_id in tqdm(sorted(references), desc="score", unit="utt", disable=args.quiet):
         reference, rate = read_mono(references[utt_id])
         synthesis, _ = read_mono(syntheses[utt_id], rate)
         try:
-            values = score_pair(reference, synthesis, rate, texts.get(utt_id), names)
+            result = score(reference, synthesis, rate, texts.get(utt_id), names, speaker, utt_id)
         except ValueError as err:
             failures.append(f"{utt_id}: {err}")
-            values = {name: float("nan") for name in names}
-        scores.append(values)
-        rows += [
-            {"kind": "utterance", "id": utt_id, "metric": n, "unit": METRICS[n].unit, "value": v, "n": 1}
-            for n, v in values.items()
-        ]
+            result = unheard(texts.get(utt_id), names)
+        scores.append(result.values)
+        rows += [_score_row("utterance", utt_id, n, v, text=result.transcript if n == "wer" else None)
+                 for n, v in result.values.items()]
     summary = summarise(scores)
-    for name, (mean, std, count) in summary.items():
-        unit = METRICS[name].unit
-        rows.append({"kind": "mean", "id": "", "metric": name, "unit": unit, "value": mean, "n": count})
-        rows.append({"kind": "std", "id": "", "metric": name, "unit": unit, "value": std, "n": count})
-    table = pd.DataFrame(rows, columns=["kind", "id", "metric", "unit", "value", "n"])
+    for name, interval in summary.items():
+        rows.append(_score_row("set", "", name, interval.value, n=interval.count, low=interval.low, high=interval.high))
+        if METRICS[name].counts is not None:
+            rows.append(_score_row("utterance_mean", "", name, mean_interval([r[name] for r in scores]).value))
+    table = pd.DataFrame(rows, columns=["kind", "id", "metric", "unit", "value", "low", "high", "n", "text"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
-
-    print(f"{len(references)} pairs, {args.ref} (reference) vs {args.syn} (synthesis) -> {args.out}")
-    print(f"{'metric':<12} {'unit':<9} {'mean':>9} {'std':>9} {'n':>4}  better")
-    for name, (mean, std, count) in summary.items():
-        better = "higher" if METRICS[name].higher_is_better else "lower"
-        print(f"{name:<12} {METRICS[name].unit:<9} {mean:>9.3f} {std:>9.3f} {count:>4}  {better}")
+    _print_summary(f"{len(references)} pairs, {args.ref} (reference) vs {args.syn} (synthesis) -> {args.out}",
+                   summary, scores)
     for failure in failures:
-        print(f"not scored (NaN): {failure}", file=sys.stderr)
+        print(f"not scored (nothing heard; other measures NaN): {failure}", file=sys.stderr)
     return 0
+
+
+def _score_row(kind: str, utt_id: str, metric: str, value: float, n: int = 1, low: float | None = None,
+               high: float | None = None, text: str | None = None) -> dict[str, Any]:
+    from ttsbench.metrics.quality import METRICS
+
+    unit = METRICS[metric].unit if metric in METRICS else "count"
+    return {"kind": kind, "id": utt_id, "metric": metric, "unit": unit, "value": value, "low": low, "high": high,
+            "n": n, "text": text}
+
+
+def _print_summary(title: str, summary: Mapping[str, Interval], scores: Sequence[Mapping[str, float]]) -> None:
+    """The set's value per measure with its 95 % bootstrap interval; error rates as corpus rates."""
+    from ttsbench.metrics.quality import METRICS
+    from ttsbench.metrics.stats import mean_interval
+
+    print(title)
+    print(f"{'metric':<12} {'unit':<9} {'value':>9} {'95% low':>9} {'95% high':>9} {'n':>4}  better")
+    for name, interval in summary.items():
+        info = METRICS[name]
+        better = "higher" if info.higher_is_better else "lower"
+        print(f"{name:<12} {info.unit:<9} {interval.value:>9.3f} {interval.low:>9.3f} {interval.high:>9.3f} "
+              f"{interval.count:>4}  {better}")
+    for name in (n for n in summary if METRICS[n].counts is not None):
+        per_utterance = mean_interval([row[name] for row in scores])
+        print(f"{name}: corpus rate (summed errors / summed reference length) above; "
+              f"mean of per-utterance rates {per_utterance.value:.3f}")
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
@@ -302,6 +332,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus_make(args: argparse.Namespace) -> int:
+    from ttsbench.synthetic import DEFAULT_COUNTS, CorpusSpec, MissingExtraError, make_corpus
+
+    try:
+        spec = CorpusSpec(args.kind, args.count or DEFAULT_COUNTS[args.kind], args.seed, args.min_chars, args.max_chars)
+        started = time.perf_counter()
+        out = make_corpus(spec, Path(args.out), progress=not args.quiet)
+    except (MissingExtraError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    corpus, problems = check_corpus(out)
+    print(f"{args.kind}: {len(corpus)} utterances, {sum(u.duration for u in corpus.utterances) / 60:.1f} min of speech "
+          f"-> {out} ({time.perf_counter() - started:.0f} s; manifest.json says how it was made)")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 2 if problems else 0
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttsbench", description="Benchmark TTS training recipes side by side.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -314,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     stats = data_sub.add_parser("stats", help="durations, text lengths and characters")
     stats.add_argument("path", nargs="?", default=EMBEDDED, help="corpus folder, or 'embedded' (default)")
     stats.set_defaults(func=_cmd_data_stats)
+
+    corpus = sub.add_parser("corpus", help="generate a synthetic corpus spoken by a Piper voice")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    make = corpus_sub.add_parser("make", help="write an LJSpeech-1.1 folder (resumable; texts fixed by --seed)")
+    make.add_argument("kind", choices=("digits", "lj-text"), help="spoken digit strings, or LJSpeech sentences")
+    make.add_argument("--out", required=True, help="the folder to write (a killed run continues there)")
+    make.add_argument("--count", type=_positive, help="utterances in all (default 600)")
+    make.add_argument("--seed", type=int, default=0, help="seeds the texts (default 0)")
+    make.add_argument("--min-chars", type=_positive, default=20, help="lj-text: shortest sentence (default 20)")
+    make.add_argument("--max-chars", type=_positive, default=90, help="lj-text: longest sentence (default 90)")
+    make.add_argument("--quiet", action="store_true", help="no progress bar")
+    make.set_defaults(func=_cmd_corpus_make)
 
     listing = sub.add_parser("list", help="the registered TTS systems, one per line")
     listing.set_defaults(func=_cmd_list)

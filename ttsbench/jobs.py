@@ -9,7 +9,11 @@ Rows (metric names; `item` names the utterance or sentence where there is one):
 - val/mel_l1_dtw, val/diagonal_score ...   every validation point of val.jsonl
 - parameters, train/steps, train/seconds, train/samples, train/steps_per_second,
   train/seconds/NETWORK (two-network systems), train/diverged     at the final step
-- eval/METRIC per test utterance: free-running synthesis vs. the recording
+- eval/METRIC per test utterance: free-running synthesis vs. the recording; an error rate adds
+  eval/wer/hits, /substitutions, /deletions, /insertions, and its eval/wer row carries the ASR
+  hypothesis as `text`
+- summary/METRIC, summary/METRIC/low, summary/METRIC/high: the set's value (corpus rate for
+  WER/CER, else the mean) and its 95 % bootstrap interval over the test utterances
 - rtf/chars, rtf/audio_seconds, rtf/acoustic, rtf/vocoder, rtf/total, rtf/latency,
   rtf/peak_memory_mb per LJSpeech test sentence
 - hard/hit_guard, hard/stopped_early, hard/path_skipped, hard/asr_skipped, hard/wer ... per
@@ -32,7 +36,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ttsbench.audio import read_mono
 from ttsbench.fileio import read_jsonl
+from ttsbench.metrics.quality import METRICS, Scores, griffin_lim_copy, score, summarise, unheard
+from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.suite import Evaluation, Job, Suite
 
 SKIPPED_LOG_KEYS = {"step", "seconds", "samples", "epoch", "event", "reason"}
@@ -83,6 +90,7 @@ def suite_from_dict(data: Mapping[str, Any]) -> Suite:
     values["evaluation"] = Evaluation(**{k: tuple(v) if isinstance(v, list) else v for k, v in values["evaluation"].items()})
     values["executor"] = ExecutorSpec(**values["executor"])
     values["seeds"] = tuple(values["seeds"])
+    values["corpus_options"] = tuple(tuple(o) for o in values["corpus_options"])
     values["thresholds"] = tuple(tuple(t) for t in values["thresholds"])
     values["claims"] = tuple((c, tuple(tuple(r) for r in roles)) for c, roles in values["claims"])
     values["systems"] = tuple(
@@ -125,7 +133,7 @@ def train_and_evaluate(job: Job, suite: Suite, out: Path, progress: bool) -> tup
         state = "diverged"
     rows = training_rows(out, suite.log_every, model.num_parameters())
     if state == "finished":
-        rows += evaluation_rows(model, corpus, suite.evaluation, out / "samples", progress)
+        rows += evaluation_rows(model, corpus, suite.evaluation, out / "samples", progress, suite.hard_sentence_set())
     return state, rows
 
 
@@ -180,20 +188,52 @@ def _eval_utterances(corpus, evaluation: Evaluation):
     return corpus.split(seed=SPLIT_SEED)["test"][: evaluation.utterances]
 
 
-def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progress: bool) -> list[dict[str, Any]]:
-    """Quality on the test utterances, RTF over text lengths, outcomes on hard sentences."""
+def speaker_reference(utterances, metrics) -> SpeakerReference | None:
+    """The target voice from the evaluation utterances' recordings, when speaker_sim is scored."""
+    if "speaker_sim" not in metrics:
+        return None
+    return SpeakerReference.from_audio({u.id: read_mono(u.audio_path) for u in utterances})
+
+
+def utterance_rows(utterance_id: str, scores: Scores, variant: str | None = None) -> list[dict[str, Any]]:
+    """One utterance's eval/ rows; the ASR hypothesis rides on the eval/wer row as `text`."""
+    rows = []
+    for name, value in scores.values.items():
+        row = {"metric": f"eval/{name}", "value": value, "item": utterance_id}
+        if name == "wer" and scores.transcript is not None:
+            row["text"] = scores.transcript
+        if variant:
+            row["variant"] = variant
+        rows.append(row)
+    return rows
+
+
+def summary_rows(per_utterance: list[dict[str, float]], variant: str | None = None) -> list[dict[str, Any]]:
+    """summary/METRIC (corpus rate or mean) with summary/METRIC/low and /high: its 95 % bootstrap interval."""
+    rows = []
+    for name, interval in summarise(per_utterance).items():
+        for suffix, value in (("", interval.value), ("/low", interval.low), ("/high", interval.high)):
+            rows.append({"metric": f"summary/{name}{suffix}", "value": value, **({"variant": variant} if variant else {})})
+    return rows
+
+
+def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progress: bool,
+                    hard_sentences: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Quality on the test utterances, RTF over text lengths, outcomes on the first
+    `evaluation.hard_sentences` of `hard_sentences`."""
     import torch
 
-    from ttsbench.audio import read_mono, save_audio
-    from ttsbench.metrics.alignment import HARD_SENTENCES, load_hard_sentences
-    from ttsbench.metrics.quality import score_pair
+    from ttsbench.audio import save_audio
     from ttsbench.metrics.speed import length_spread_sentences, measure_rtf
     from ttsbench.text import TextProcessor
 
     rows: list[dict[str, Any]] = []
     processor = TextProcessor()
     model.eval()
-    for index, utterance in enumerate(_eval_utterances(corpus, evaluation)):
+    utterances = _eval_utterances(corpus, evaluation)
+    speaker = speaker_reference(utterances, evaluation.metrics)
+    per_utterance = []
+    for index, utterance in enumerate(utterances):
         with torch.no_grad():
             synthesis = model.infer(torch.tensor(processor.encode(utterance.text), dtype=torch.long, device=model.device))
         audio = synthesis.to_audio()
@@ -202,10 +242,15 @@ def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progre
         if index < evaluation.audio_samples:
             save_audio(samples / f"{utterance.id}.wav", audio, config)
             (samples / f"{utterance.id}.txt").write_text(utterance.text, "utf-8")
-        scores = score_pair(reference, audio, config.sample_rate, utterance.text, evaluation.metrics) if len(audio) else {}
-        scores["audio_seconds"] = len(audio) / config.sample_rate
-        scores["stopped"] = float(synthesis.stopped)
-        rows += [{"metric": f"eval/{k}", "value": v, "item": utterance.id} for k, v in scores.items()]
+        try:
+            scores = score(reference, audio, config.sample_rate, utterance.text, evaluation.metrics, speaker,
+                           utterance.id)
+        except ValueError:  # no audio, or too little to analyse: nothing was heard
+            scores = unheard(utterance.text, evaluation.metrics)
+        per_utterance.append(scores.values)
+        scores.values.update(audio_seconds=len(audio) / config.sample_rate, stopped=float(synthesis.stopped))
+        rows += utterance_rows(utterance.id, scores)
+    rows += summary_rows(per_utterance)
 
     if evaluation.rtf_sentences:
         table = measure_rtf(model, length_spread_sentences(evaluation.rtf_sentences), repeats=evaluation.rtf_repeats,
@@ -220,7 +265,7 @@ def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progre
     if evaluation.hard_sentences:
         from ttsbench.metrics.alignment import hard_sentence_outcomes
 
-        sentences = load_hard_sentences(HARD_SENTENCES)[: evaluation.hard_sentences]
+        sentences = hard_sentences[: evaluation.hard_sentences]
         outcomes = hard_sentence_outcomes(model, sentences, use_asr="wer" in evaluation.metrics, progress=progress)
         for record in outcomes.to_dict("records"):
             rows += [{"metric": f"hard/{c}", "value": float(record[c]), "item": record["id"]}
@@ -232,15 +277,17 @@ def reference_rows(suite: Suite, out: Path, progress: bool) -> list[dict[str, An
     """The ceiling every system is read against: the recordings and their Griffin-Lim copies."""
     from tqdm.auto import tqdm
 
-    from ttsbench.audio import AudioConfig, read_mono, save_audio
+    from ttsbench.audio import AudioConfig, save_audio
     from ttsbench.data import load_corpus
-    from ttsbench.metrics.quality import METRICS, griffin_lim_copy, score_pair
 
     corpus = load_corpus(suite.corpus_location())
     config = AudioConfig()
-    rows: list[dict[str, Any]] = []
-    no_reference = [m for m in suite.evaluation.metrics if not METRICS[m].needs_reference_audio]
+    metrics = suite.evaluation.metrics
+    no_reference = [m for m in metrics if not METRICS[m].needs_reference_audio]
     utterances = _eval_utterances(corpus, suite.evaluation)
+    speaker = speaker_reference(utterances, metrics)
+    rows: list[dict[str, Any]] = []
+    ceilings, recordings = [], []
     for index, utterance in enumerate(tqdm(utterances, desc="reference", unit="utt", disable=not progress)):
         recording = read_mono(utterance.audio_path, config.sample_rate)[0]
         copy = griffin_lim_copy(recording, config.sample_rate, config)
@@ -248,13 +295,14 @@ def reference_rows(suite: Suite, out: Path, progress: bool) -> list[dict[str, An
             save_audio(out / "samples" / f"{utterance.id}.recording.wav", recording, config)
             save_audio(out / "samples" / f"{utterance.id}.vocoder.wav", copy, config)
             (out / "samples" / f"{utterance.id}.txt").write_text(utterance.text, "utf-8")
-        ceiling = score_pair(recording, copy, config.sample_rate, utterance.text, suite.evaluation.metrics)
-        ceiling["audio_seconds"] = len(copy) / config.sample_rate
-        rows += [{"metric": f"eval/{k}", "value": v, "item": utterance.id, "variant": "vocoder-ceiling"}
-                 for k, v in ceiling.items()]
-        own = score_pair(None, recording, config.sample_rate, utterance.text, no_reference) if no_reference else {}
-        own["audio_seconds"] = len(recording) / config.sample_rate
-        rows += [{"metric": f"eval/{k}", "value": v, "item": utterance.id, "variant": "recording"}
-                 for k, v in own.items()]
-    return rows
-
+        ceiling = score(recording, copy, config.sample_rate, utterance.text, metrics, speaker, utterance.id)
+        own = (score(None, recording, config.sample_rate, utterance.text, no_reference)
+               if no_reference else Scores({}, None))
+        if speaker is not None:  # the same measure, the recording against the other recordings
+            own.values["speaker_sim"] = speaker.similarity(recording, config.sample_rate, utterance.id)
+        ceilings.append(dict(ceiling.values))
+        recordings.append(dict(own.values))
+        ceiling.values["audio_seconds"] = len(copy) / config.sample_rate
+        own.values["audio_seconds"] = len(recording) / config.sample_rate
+        rows += utterance_rows(utterance.id, ceiling, "vocoder-ceiling") + utterance_rows(utterance.id, own, "recording")
+    return rows + summary_rows(ceilings, "vocoder-ceiling") + summary_rows(recordings, "recording")

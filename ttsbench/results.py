@@ -5,7 +5,8 @@ RUNDIR/
   suite.json      the suite as it was parsed (a resumed run must match it)
   environment.json  versions, device, threads, commit: what the numbers are valid for
   results.jsonl   rows: run_id, job, system, variant, seed, config_hash, metric, value, step,
-                  seconds, item (an utterance or sentence id, or "" for a per-run number)
+                  seconds, item (an utterance or sentence id, or "" for a per-run number), text
+                  (the ASR hypothesis on eval/wer rows, else null)
   jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error;
                   re-running skips finished and diverged jobs and tries failed ones again
   jobs/JOB/       the trainer's folder (log, val curve, checkpoint, alignments) and samples/
@@ -30,7 +31,8 @@ import pandas as pd
 
 from ttsbench.fileio import atomic_write_json, atomic_write_jsonl
 
-COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item")
+COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item",
+           "text")
 STATES = ("finished", "diverged", "failed")
 DONE_STATES = ("finished", "diverged")  # a failed job is tried again when the run is resumed
 
@@ -96,7 +98,7 @@ class RunStore:
         run_id = self.run_id
         base = {"run_id": run_id, "job": job["id"], "system": job["system"], "variant": job["variant"],
                 "seed": job["seed"], "config_hash": job["config_hash"]}
-        new = [{**base, "step": None, "seconds": None, "item": "", **row} for row in rows]
+        new = [{**base, "step": None, "seconds": None, "item": "", "text": None, **row} for row in rows]
         for row in new:
             missing = [c for c in ("metric", "value") if c not in row]
             if missing:

@@ -10,23 +10,27 @@ Schema (every key but `systems` has a default):
 
     name: cpu                      # the suite's name (default: the file's stem)
     description: ...
-    corpus: embedded               # or a path to an LJSpeech-1.1-format folder
+    corpus: embedded               # or a path to an LJSpeech-1.1-format folder, or a synthetic
+                                   # corpus made by the Piper voice: digits | lj-text, or
+                                   # {kind: digits, count: 600, seed: 0} (ttsbench.synthetic.CorpusSpec);
+                                   # generated into the cache on first use, reused after
     seeds: [0, 1]
     device: auto                   # cpu | cuda | auto
     threads: 2                     # torch CPU threads per job (null: torch's choice)
     budget: {steps: 400, minutes: 1.5}   # either or both: the first reached ends training
     log_every: 10                  # loss rows kept in the results every N steps
     checkpoint_every: 50
-    validation: {every: 50, utterances: 2, metrics: [mcd]}   # metrics: quality measures on
-                                   # the vocoded validation synthesis (slow; default none)
+    validation: {every: 50, utterances: 2, metrics: [mcd, wer]}   # metrics: quality measures on
+                                   # the vocoded validation synthesis (slow; default none);
+                                   # with wer, the report gives steps and seconds to intelligible
     evaluation:                    # after training, on the corpus's test split
       utterances: 2
-      metrics: [mcd, f0_rmse, pesq, stoi, wer, cer, dnsmos_ovrl]   # or "all"
+      metrics: [mcd, f0_rmse, pesq, stoi, wer, cer, speaker_sim, dnsmos_ovrl]   # or "all"
       rtf_sentences: 4             # LJSpeech test sentences spread over length
       rtf_repeats: 2
       hard_sentences: 8            # first N of the hard-sentence set (0: skip)
       audio_samples: 1             # wavs kept per job for the report's players
-    thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0, mcd: 8.0}
+    thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0, mcd: 8.0, wer: 0.3}
     price_per_hour: 3.06           # USD per device-hour, for the cost table
     executor: {type: local, parallel: 1, retries: 0, cpus_per_job: 1, gpus_per_job: 0, address: null}
     systems:
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,6 +56,8 @@ from typing import Any
 import yaml
 
 from ttsbench.claims import CLAIMS
+from ttsbench.metrics.alignment import load_hard_sentences
+from ttsbench.synthetic import DIGIT_HARD_SENTENCES, KINDS, CorpusSpec, cached_corpus, corpus_cache_path
 
 EXECUTOR_TYPES = ("local", "ray")
 DEVICES = ("cpu", "cuda", "auto")
@@ -78,7 +85,8 @@ class Budget:
 @dataclass(frozen=True)
 class Evaluation:
     utterances: int = 2
-    metrics: tuple[str, ...] = ("mcd", "f0_rmse", "vuv_error", "pesq", "stoi", "wer", "cer", "dnsmos_ovrl")
+    metrics: tuple[str, ...] = ("mcd", "f0_rmse", "vuv_error", "pesq", "stoi", "wer", "cer", "speaker_sim",
+                                 "dnsmos_ovrl")
     rtf_sentences: int = 4
     rtf_repeats: int = 2
     hard_sentences: int = 8
@@ -138,6 +146,7 @@ class Suite:
     name: str
     path: str
     corpus: str = "embedded"
+    corpus_options: tuple[tuple[str, Any], ...] = ()  # CorpusSpec fields of a synthetic corpus
     description: str = ""
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
@@ -150,7 +159,7 @@ class Suite:
     val_metrics: tuple[str, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
     thresholds: tuple[tuple[str, float], ...] = (
-        ("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0), ("mcd", 8.0))
+        ("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0), ("mcd", 8.0), ("wer", 0.3))
     price_per_hour: float = 0.0
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     systems: tuple[SystemEntry, ...] = ()
@@ -160,11 +169,24 @@ class Suite:
     def threshold(self) -> dict[str, float]:
         return dict(self.thresholds)
 
-    def corpus_location(self) -> str:
-        """The corpus with environment variables and ~ expanded ("embedded" stays as it is)."""
-        import os
+    def corpus_spec(self) -> CorpusSpec | None:
+        """What to generate, for a synthetic corpus (`digits`, `lj-text`); None for a folder."""
+        return CorpusSpec.default(self.corpus, **dict(self.corpus_options)) if self.corpus in KINDS else None
 
-        return os.path.expanduser(os.path.expandvars(self.corpus))
+    def corpus_location(self) -> str:
+        """The corpus folder: environment variables and ~ expanded, a synthetic corpus's cache
+        folder ("embedded" stays as it is)."""
+        spec = self.corpus_spec()
+        return str(corpus_cache_path(spec)) if spec else os.path.expanduser(os.path.expandvars(self.corpus))
+
+    def prepare_corpus(self, progress: bool = True) -> str:
+        """`corpus_location()`, generating a synthetic corpus first if the cache lacks it."""
+        spec = self.corpus_spec()
+        return str(cached_corpus(spec, progress)) if spec else self.corpus_location()
+
+    def hard_sentence_set(self) -> list[tuple[str, str]]:
+        """The hard sentences fitting the corpus: digit runs for digits, else the English set."""
+        return list(DIGIT_HARD_SENTENCES) if self.corpus == "digits" else load_hard_sentences()
 
     @property
     def claim_roles(self) -> dict[str, dict[str, str]]:
@@ -174,6 +196,7 @@ class Suite:
         """Everything besides the model config that shapes a job's numbers."""
         return {
             "corpus": self.corpus,
+            **({"corpus_options": dict(self.corpus_options)} if self.corpus_options else {}),
             "val_every": self.val_every,
             "val_utterances": self.val_utterances,
             "val_metrics": list(self.val_metrics),
@@ -320,7 +343,7 @@ def load_suite(path: str | Path) -> Suite:
     if "description" in data:
         values["description"] = str(data["description"])
     if "corpus" in data:
-        values["corpus"] = str(data["corpus"])
+        values.update(_corpus(check, data["corpus"]))
     if "seeds" in data:
         seeds = data["seeds"]
         if not isinstance(seeds, list) or not seeds:
@@ -433,6 +456,24 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(**{k: v for k, v in values.items() if v is not None})
 
 
+CORPUS_OPTION_TYPES = {"count": int, "seed": int, "min_chars": int, "max_chars": int}
+
+
+def _corpus(check: _Checker, value: Any) -> dict[str, Any]:
+    """`corpus: NAME_OR_PATH`, or `corpus: {kind: digits, count: ..., seed: ...}` for a synthetic one."""
+    if not isinstance(value, dict):
+        return {"corpus": str(value)}
+    options = check.mapping(value, ("corpus",), ("kind", *CORPUS_OPTION_TYPES))
+    kind = check.choice(options.get("kind"), ("corpus", "kind"), KINDS)
+    parsed = {key: check.number(v, ("corpus", key), CORPUS_OPTION_TYPES[key], 0)
+              for key, v in options.items() if key in CORPUS_OPTION_TYPES}
+    try:
+        CorpusSpec.default(kind or KINDS[0], **{k: v for k, v in parsed.items() if v is not None})
+    except ValueError as err:
+        check.add(("corpus",), str(err))
+    return {"corpus": kind or KINDS[0], "corpus_options": tuple(sorted(parsed.items()))}
+
+
 def _config_keys(system: str) -> tuple[str, ...]:
     """Top-level config fields and `audio.*` keys a suite may override."""
     from ttsbench import models
@@ -481,7 +522,7 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
     except BlockingIOError:
         raise RuntimeError(f"another `ttsbench run` is using {store.root}") from None
     try:
-        corpus = suite.corpus_location()
+        corpus = suite.prepare_corpus(progress)
         if corpus != "embedded" and not Path(corpus).is_dir():
             raise ValueError(f"{suite.path}: corpus {suite.corpus!r} is {corpus!r}, which is not a folder "
                              "(set the variable or edit the suite)")

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ttsbench.audio import AudioConfig, natural_log_mel
+from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
 from ttsbench.data import Batch, Corpus, Example, bucket_batches, collate, load_examples
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
-from ttsbench.metrics.quality import mel_l1_dtw
+from ttsbench.metrics.quality import mel_l1_dtw, score_pair, summarise, unheard
+from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.models.base import TTSModel
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
 
@@ -169,16 +170,17 @@ def validate(
     curves share units; DC-TTS's filterbank and framing still differ from the others', so its
     curve is comparable in scale, not bin for bin. With `audio_metrics` (and each example's
     recording in `recordings`), the synthesis is also vocoded and scored with those quality
-    measures (MCD, ...), as the final evaluation does. Returns mean metrics (NaN-skipping) and
+    measures (MCD, WER, ...), as the final evaluation does; WER and CER are the corpus rates of
+    the validation set. Returns mean metrics (NaN-skipping) and
     the teacher-forced alignments: `ID` -> soft attention where the model attends,
     `ID/durations` -> frames per token (for alignment maps and stability).
     """
-    from ttsbench.audio import read_mono
-    from ttsbench.metrics.quality import score_pair
-
     if audio_metrics and len(recordings) != len(examples):
         raise ValueError("scoring validation audio needs one recording per validation example")
     metrics: dict[str, list[float]] = {}
+    scored: list[dict[str, float]] = []
+    speaker = (SpeakerReference.from_audio({e.id: read_mono(r) for e, r in zip(examples, recordings)})
+               if "speaker_sim" in audio_metrics else None)
 
     def add(name: str, value: float) -> None:
         metrics.setdefault(name, []).append(value)
@@ -193,11 +195,9 @@ def validate(
             rate = synthesis.output_audio_config.sample_rate
             recording, _ = read_mono(recordings[index], rate)
             try:
-                scores = score_pair(recording, audio, rate, example.text, audio_metrics)
+                scored.append(score_pair(recording, audio, rate, example.text, audio_metrics, speaker, example.id))
             except ValueError:  # no audio, or too little to analyse: no score, not a failed run
-                scores = {name: float("nan") for name in audio_metrics}
-            for name, value in scores.items():
-                add(name, value)
+                scored.append(unheard(example.text, audio_metrics).values)
         add("length_ratio", synthesis.num_frames / len(reference))
         add("stopped", float(synthesis.stopped))
         if synthesis.alignment is not None:
@@ -213,6 +213,7 @@ def validate(
         if alignment.durations is not None:
             maps[f"{alignment.id}/durations"] = np.asarray(alignment.durations, dtype=np.int64)
     means = {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in metrics.items()}
+    means.update({name: interval.value for name, interval in summarise(scored).items()})
     return means, maps
 
 
@@ -351,7 +352,8 @@ class Trainer:
             model.apply_schedules(warm_values)
             plan_indices = bucket_batches(lengths, int(warm_values["batch_size"]), options.seed)
             model.on_train_start(
-                LazyBatches(plan_indices[: model.warmup_batches_needed()], train_examples, model.frame_multiple(), pads, self.device)
+                LazyBatches(plan_indices[: model.warmup_batches_needed()], train_examples, model.frame_multiple(), pads,
+                            self.device)
             )
 
         plan: list[list[int]] = []

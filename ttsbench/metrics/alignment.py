@@ -32,6 +32,7 @@ import jiwer
 import numpy as np
 import pandas as pd
 
+from ttsbench.metrics.asr import normalise_text, transcribe
 from ttsbench.text import EOS, TextProcessor
 
 if TYPE_CHECKING:
@@ -114,8 +115,6 @@ class TranscriptErrors:
 
 def transcript_word_errors(text: str, transcript: str) -> TranscriptErrors:
     """Skipped words = deletions; repeated = insertions equal to the word(s) right beside them."""
-    from ttsbench.metrics.quality import normalise_text
-
     reference, hypothesis = normalise_text(text), normalise_text(transcript)
     if not reference:
         raise ValueError(f"text {text!r} has no words to score")
@@ -251,8 +250,6 @@ def hard_sentence_outcomes(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from ttsbench.metrics.quality import transcribe
 
     sentences = list(sentences) if sentences is not None else load_hard_sentences()
     processor = TextProcessor()

@@ -42,13 +42,13 @@ reports can quote them:
   3.3-3.8, where no search gave PESQ 1.7-2.4 (phase clashes) and +-10 ms drifted off the map
   (STOI 0.88-0.93). What remains measures spectral and phase quality at matched timing;
   timing itself is left to the DTW measures and the alignment measures.
-- WER / CER: offline pocketsphinx 5 with its bundled US-English acoustic model, language model
-  and CMU dictionary (nothing downloads), default search settings except at most 3000 active
-  HMMs per frame; its feature state is reset before every utterance so
-  a transcript does not depend on what was decoded before. Both sides are normalised with
-  `english_cleaners` (numbers and abbreviations spelled out, lowercase) and stripped of
-  punctuation, then scored with jiwer. Pocketsphinx is a weak recogniser: it measures
-  intelligibility relative to the recordings, which are scored the same way as a ceiling.
+- WER / CER: offline Whisper tiny.en with Whisper's English normaliser on both sides (see
+  `ttsbench.metrics.asr`). Each utterance keeps its hypothesis and its hit / substitution /
+  deletion / insertion counts (`wer/hits` ...); a set's WER is the corpus rate, summed errors
+  over summed reference words (`summarise`), with a bootstrap interval over utterances.
+- speaker_sim: cosine between the synthesis's speaker embedding (Resemblyzer's GE2E encoder)
+  and the mean embedding of the corpus speaker's recordings, without the recording of the same
+  utterance (see `ttsbench.metrics.speaker`).
 - DNSMOS P.835 (SIG, BAK, OVRL) and P.808: no-reference MOS predictors from Microsoft's Deep
   Noise Suppression challenge, via speechmos' bundled ONNX weights (clips under 9.01 s are
   tiled to that length, as DNSMOS does). Trained on noise-suppressed speech, not TTS: use them
@@ -59,18 +59,18 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import jiwer
 import librosa
 import numpy as np
 import scipy.signal
 
 from ttsbench.audio import AudioConfig, griffin_lim_from_mel, mel_spectrogram
-from ttsbench.text import english_cleaners
+from ttsbench.metrics.asr import ErrorCounts, char_errors, normalise_text, transcribe, word_errors
+from ttsbench.metrics.speaker import SpeakerReference
+from ttsbench.metrics.stats import Interval, mean_interval, rate_interval
 
 with warnings.catch_warnings():  # pyworld and pysptk import pkg_resources, which warns on import
     warnings.simplefilter("ignore", UserWarning)
@@ -216,38 +216,7 @@ def to_eval_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Offline ASR and the MOS predictor (one instance each per process, loaded on first use)
-
-
-@functools.lru_cache(maxsize=1)
-def _recognizer():
-    import pocketsphinx
-
-    # maxhmmpf 3000 (default 30000) halves decoding time on noise-like audio (undertrained
-    # systems) and left every transcript of the embedded clips unchanged.
-    return pocketsphinx.Decoder(samprate=EVAL_RATE, loglevel="FATAL", maxhmmpf=3000)
-
-
-def transcribe(audio: np.ndarray, sample_rate: int) -> str:
-    """Pocketsphinx transcript (bundled en-us model) of one utterance; '' when nothing is heard."""
-    decoder = _recognizer()
-    pcm = (np.clip(to_eval_rate(audio, sample_rate), -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    decoder.reinit_feat()  # noise-removal state otherwise carries over from the last utterance
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    hypothesis = decoder.hyp()
-    return hypothesis.hypstr if hypothesis is not None else ""
-
-
-_NOT_WORD = re.compile(r"[^a-z' ]+")
-_EDGE_APOSTROPHES = re.compile(r"(?<![a-z])'|'(?![a-z])")
-
-
-def normalise_text(text: str) -> str:
-    """Cleaned words only: `english_cleaners`, punctuation and hyphens to spaces, inner apostrophes kept."""
-    text = _NOT_WORD.sub(" ", english_cleaners(text))
-    return " ".join(_EDGE_APOSTROPHES.sub(" ", text).split())
+# The MOS predictor (one instance per process, loaded on first use)
 
 
 @functools.lru_cache(maxsize=1)
@@ -284,11 +253,14 @@ def _dnsmos():
 class Pair:
     """One (reference, synthesis) pair; analyses are computed lazily, once, and shared."""
 
-    def __init__(self, reference: np.ndarray | None, synthesis: np.ndarray, sample_rate: int, text: str | None = None):
+    def __init__(self, reference: np.ndarray | None, synthesis: np.ndarray, sample_rate: int, text: str | None = None,
+                 speaker: SpeakerReference | None = None, utterance: str | None = None):
         self.synthesis = _checked("synthesis", synthesis, sample_rate)
         self.reference = None if reference is None else _checked("reference", reference, sample_rate)
         self.sample_rate = sample_rate
         self.text = text
+        self.speaker = speaker
+        self.utterance = utterance  # id, so the speaker centroid leaves this utterance's recording out
 
     def need_reference(self) -> np.ndarray:
         if self.reference is None:
@@ -327,6 +299,15 @@ class Pair:
     @functools.cached_property
     def transcript(self) -> str:
         return transcribe(self.synthesis_16k, EVAL_RATE)
+
+    @property
+    def transcribed(self) -> bool:
+        return "transcript" in self.__dict__
+
+    def need_speaker(self) -> SpeakerReference:
+        if self.speaker is None:
+            raise ValueError("this measure needs the speaker's reference recordings")
+        return self.speaker
 
     @functools.cached_property
     def dnsmos(self) -> dict[str, float]:
@@ -402,16 +383,15 @@ def _stoi(pair: Pair) -> float:
         return float(stoi(pair.reference_16k, pair.aligned_synthesis_16k, EVAL_RATE, extended=False))
 
 
-def _wer(pair: Pair) -> float:
-    return float(jiwer.wer(normalise_text(pair.need_text()), normalise_text(pair.transcript)))
-
-
-def _cer(pair: Pair) -> float:
-    return float(jiwer.cer(normalise_text(pair.need_text()), normalise_text(pair.transcript)))
+def _speaker_sim(pair: Pair) -> float:
+    return pair.need_speaker().similarity(pair.synthesis_16k, EVAL_RATE, pair.utterance)
 
 
 def _dnsmos_score(key: str) -> Callable[[Pair], float]:
     return lambda pair: pair.dnsmos[key]
+
+
+COUNT_PARTS = ("hits", "substitutions", "deletions", "insertions")
 
 
 @dataclass(frozen=True)
@@ -422,9 +402,12 @@ class MetricInfo:
     Measured alone on a 9.66 s clip (busy 2-core CPU, seconds per audio second): mel_l1_dtw
     0.02; the WORLD + DTW measures 0.17-0.20 (they share that analysis: 0.18 for all four);
     PESQ and STOI 0.20-0.23 alone, about 0.03 each on top of that shared analysis, so not
-    slow; WER/CER 0.30-0.34 (pocketsphinx, several times more on noise-like audio); DNSMOS
-    0.07, but it tiles a clip under 9.01 s to past that length and scores every 9 s window,
-    so a 1.9 s clip costs six windows (about 2 s per audio second).
+    slow; WER/CER about 0.1 (Whisper tiny.en, int8, 2 cores; shared transcript); speaker_sim
+    about 0.01 once the encoder is loaded; DNSMOS 0.07, but it tiles a clip under 9.01 s to
+    past that length and scores every 9 s window, so a 1.9 s clip costs six windows (about 2 s
+    per audio second).
+    counts: for an error rate, the per-utterance error counts it is made of; a set's value is
+    then the corpus rate (summed errors / summed reference length), never a mean of rates.
     """
 
     name: str
@@ -435,39 +418,62 @@ class MetricInfo:
     slow: bool
     compute: Callable[[Pair], float]
     description: str
+    counts: Callable[[str, str], ErrorCounts] | None = None  # (text, transcript) -> counts
+
+
+def _metric(name: str, unit: str, compute: Callable[[Pair], float], description: str, *, higher_is_better: bool,
+            needs_reference_audio: bool, needs_text: bool = False, slow: bool = False,
+            counts: Callable[[str, str], ErrorCounts] | None = None) -> MetricInfo:
+    return MetricInfo(name=name, unit=unit, higher_is_better=higher_is_better,
+                      needs_reference_audio=needs_reference_audio, needs_text=needs_text, slow=slow,
+                      compute=compute, description=description, counts=counts)
 
 
 METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("mcd", "dB", False, True, False, False, _mcd,
-                   "mel-cepstral distortion c1..c24, WORLD envelope, alpha per rate, after DTW"),
-        MetricInfo("f0_rmse", "cents", False, True, False, False, _f0_rmse_cents,
-                   "log-F0 RMSE over DTW pairs voiced in both (cents = 1200 log2 ratio)"),
-        MetricInfo("f0_gpe", "fraction", False, True, False, False, _gross_pitch_error,
-                   "gross pitch error: share of pairs voiced in both with F0 off by more than 20%"),
-        MetricInfo("vuv_error", "fraction", False, True, False, False, _vuv_error,
-                   "share of DTW pairs whose voicing decisions disagree"),
-        MetricInfo("mel_l1_dtw", "nats", False, True, False, False, _mel_l1,
-                   "mean |ln-mel difference| after DTW, harness mel front end (the trainer's measure)"),
-        MetricInfo("pesq", "MOS-LQO", True, True, False, False, _pesq,
-                   "PESQ P.862.2 wide-band at 16 kHz on the time-aligned synthesis"),
-        MetricInfo("stoi", "0-1", True, True, False, False, _stoi,
-                   "STOI at 16 kHz on the time-aligned synthesis"),
-        MetricInfo("wer", "fraction", False, False, True, True, _wer,
-                   "word error rate of pocketsphinx's transcript against the normalised text"),
-        MetricInfo("cer", "fraction", False, False, True, True, _cer,
-                   "character error rate of pocketsphinx's transcript against the normalised text"),
-        MetricInfo("dnsmos_ovrl", "MOS", True, False, False, True, _dnsmos_score("ovrl_mos"),
-                   "DNSMOS P.835 overall quality (no reference)"),
-        MetricInfo("dnsmos_sig", "MOS", True, False, False, True, _dnsmos_score("sig_mos"),
-                   "DNSMOS P.835 speech signal quality (no reference)"),
-        MetricInfo("dnsmos_bak", "MOS", True, False, False, True, _dnsmos_score("bak_mos"),
-                   "DNSMOS P.835 background quality (no reference)"),
-        MetricInfo("dnsmos_p808", "MOS", True, False, False, True, _dnsmos_score("p808_mos"),
-                   "DNSMOS P.808 overall quality (no reference)"),
+        _metric("mcd", "dB", _mcd, "mel-cepstral distortion c1..c24, WORLD envelope, alpha per rate, after DTW",
+                higher_is_better=False, needs_reference_audio=True),
+        _metric("f0_rmse", "cents", _f0_rmse_cents, "log-F0 RMSE over DTW pairs voiced in both (cents = 1200 log2 ratio)",
+                higher_is_better=False, needs_reference_audio=True),
+        _metric("f0_gpe", "fraction", _gross_pitch_error,
+                "gross pitch error: share of pairs voiced in both with F0 off by more than 20%",
+                higher_is_better=False, needs_reference_audio=True),
+        _metric("vuv_error", "fraction", _vuv_error, "share of DTW pairs whose voicing decisions disagree",
+                higher_is_better=False, needs_reference_audio=True),
+        _metric("mel_l1_dtw", "nats", _mel_l1,
+                "mean |ln-mel difference| after DTW, harness mel front end (the trainer's measure)",
+                higher_is_better=False, needs_reference_audio=True),
+        _metric("pesq", "MOS-LQO", _pesq, "PESQ P.862.2 wide-band at 16 kHz on the time-aligned synthesis",
+                higher_is_better=True, needs_reference_audio=True),
+        _metric("stoi", "0-1", _stoi, "STOI at 16 kHz on the time-aligned synthesis",
+                higher_is_better=True, needs_reference_audio=True),
+        _metric("wer", "fraction", lambda pair: word_errors(pair.need_text(), pair.transcript).rate,
+                "word error rate of Whisper tiny.en's transcript, Whisper-normalised (corpus rate over a set)",
+                higher_is_better=False, needs_reference_audio=False, needs_text=True, slow=True,
+                counts=word_errors),
+        _metric("cer", "fraction", lambda pair: char_errors(pair.need_text(), pair.transcript).rate,
+                "character error rate of Whisper tiny.en's transcript, Whisper-normalised (corpus rate over a set)",
+                higher_is_better=False, needs_reference_audio=False, needs_text=True, slow=True,
+                counts=char_errors),
+        _metric("speaker_sim", "cosine", _speaker_sim,
+                "cosine of Resemblyzer speaker embeddings: synthesis vs. the mean of the speaker's recordings",
+                higher_is_better=True, needs_reference_audio=True, slow=True),
+        _metric("dnsmos_ovrl", "MOS", _dnsmos_score("ovrl_mos"), "DNSMOS P.835 overall quality (no reference)",
+                higher_is_better=True, needs_reference_audio=False, slow=True),
+        _metric("dnsmos_sig", "MOS", _dnsmos_score("sig_mos"), "DNSMOS P.835 speech signal quality (no reference)",
+                higher_is_better=True, needs_reference_audio=False, slow=True),
+        _metric("dnsmos_bak", "MOS", _dnsmos_score("bak_mos"), "DNSMOS P.835 background quality (no reference)",
+                higher_is_better=True, needs_reference_audio=False, slow=True),
+        _metric("dnsmos_p808", "MOS", _dnsmos_score("p808_mos"), "DNSMOS P.808 overall quality (no reference)",
+                higher_is_better=True, needs_reference_audio=False, slow=True),
     )
 }
+
+
+def count_keys(name: str) -> tuple[str, ...]:
+    """Score keys holding an error rate's per-utterance counts: 'wer/hits', 'wer/substitutions', ..."""
+    return tuple(f"{name}/{part}" for part in COUNT_PARTS)
 
 
 def select_metrics(include_slow: bool = True, have_reference: bool = True, have_text: bool = True) -> list[str]:
@@ -496,21 +502,71 @@ def resolve_metrics(metrics: Iterable[str] | None, have_reference: bool, have_te
     return names
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One utterance's scores (measures and, for error rates, their counts) and the ASR transcript."""
+
+    values: dict[str, float]
+    transcript: str | None
+
+
+def score(
+    reference_audio: np.ndarray | None,
+    synthesis_audio: np.ndarray,
+    sample_rate: int,
+    text: str | None = None,
+    metrics: Iterable[str] | None = None,
+    speaker: SpeakerReference | None = None,
+    utterance: str | None = None,
+) -> Scores:
+    """Score one synthesis against its recording (and text, and speaker); NaN where a measure has no answer.
+
+    metrics: names from `METRICS`; None means every measure the given inputs allow. Shared
+    analyses (WORLD features, the DTW path, the alignment, the transcript) are computed once.
+    An error rate adds its counts under `count_keys(name)`.
+    """
+    names = resolve_metrics(metrics, reference_audio is not None, bool(text))
+    pair = Pair(reference_audio, synthesis_audio, sample_rate, text, speaker, utterance)
+    values: dict[str, float] = {}
+    for name in names:
+        info = METRICS[name]
+        values[name] = float(info.compute(pair))
+        if info.counts is not None:
+            values.update(_count_values(name, info.counts(pair.need_text(), pair.transcript)))
+    return Scores(values, pair.transcript if pair.transcribed else None)
+
+
+def _count_values(name: str, counts: ErrorCounts) -> dict[str, float]:
+    return {key: float(getattr(counts, part)) for key, part in zip(count_keys(name), COUNT_PARTS)}
+
+
+def unheard(text: str | None, metrics: Iterable[str]) -> Scores:
+    """Scores of a synthesis too short to analyse: nothing heard, so an error rate deletes every
+    word (not NaN, which would leave the worst outputs out of a corpus rate); other measures NaN."""
+    metrics = list(metrics)
+    values: dict[str, float] = {}
+    for name in metrics:
+        info = METRICS[name]
+        if info.counts is None or not text:
+            values[name] = float("nan")
+            continue
+        counts = info.counts(text, "")
+        values[name] = counts.rate
+        values.update(_count_values(name, counts))
+    return Scores(values, "" if any(METRICS[n].counts for n in metrics) else None)
+
+
 def score_pair(
     reference_audio: np.ndarray | None,
     synthesis_audio: np.ndarray,
     sample_rate: int,
     text: str | None = None,
     metrics: Iterable[str] | None = None,
+    speaker: SpeakerReference | None = None,
+    utterance: str | None = None,
 ) -> dict[str, float]:
-    """Score one synthesis against its recording (and text); NaN where a measure has no answer.
-
-    metrics: names from `METRICS`; None means every measure the given inputs allow. Shared
-    analyses (WORLD features, the DTW path, the alignment, the transcript) are computed once.
-    """
-    names = resolve_metrics(metrics, reference_audio is not None, bool(text))
-    pair = Pair(reference_audio, synthesis_audio, sample_rate, text)
-    return {name: METRICS[name].compute(pair) for name in names}
+    """`score(...)`'s values alone."""
+    return score(reference_audio, synthesis_audio, sample_rate, text, metrics, speaker, utterance).values
 
 
 def griffin_lim_copy(audio: np.ndarray, sample_rate: int, config: AudioConfig | None = None) -> np.ndarray:
@@ -536,18 +592,26 @@ def vocoder_ceiling(
     return score_pair(audio, griffin_lim_copy(audio, sample_rate, config), sample_rate, text, metrics)
 
 
-def summarise(rows: Iterable[Mapping[str, float]]) -> dict[str, tuple[float, float, int]]:
-    """(mean, std, count) per measure over utterances, NaNs left out (ESPnet reports mean and std)."""
-    columns: dict[str, list[float]] = {}
+def rate_counts(rows: Iterable[Mapping[str, float]], name: str) -> tuple[list[float], list[float]]:
+    """(errors, reference lengths) per utterance of an error rate, from rows holding its counts."""
+    hits, subs, dels, ins = count_keys(name)
+    errors, lengths = [], []
     for row in rows:
-        for name, value in row.items():
-            columns.setdefault(name, []).append(value)
+        if all(key in row and not math.isnan(row[key]) for key in (hits, subs, dels, ins)):
+            errors.append(row[subs] + row[dels] + row[ins])
+            lengths.append(row[hits] + row[subs] + row[dels])
+    return errors, lengths
+
+
+def summarise(rows: Iterable[Mapping[str, float]]) -> dict[str, Interval]:
+    """Per measure over utterances: the corpus rate for error rates, else the mean; each with its
+    95 % bootstrap interval. NaNs are left out; count keys are folded into their rate."""
+    rows = list(rows)
+    names = [n for n in dict.fromkeys(k for row in rows for k in row) if n in METRICS]
     out = {}
-    for name, values in columns.items():
-        finite = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-        out[name] = (
-            float(finite.mean()) if finite.size else float("nan"),
-            float(finite.std()) if finite.size else float("nan"),
-            int(finite.size),
-        )
+    for name in names:
+        if METRICS[name].counts is not None:
+            out[name] = rate_interval(*rate_counts(rows, name))
+        else:
+            out[name] = mean_interval([row[name] for row in rows if name in row])
     return out

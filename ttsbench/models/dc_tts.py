@@ -94,8 +94,8 @@ class DCTTSConfig(ModelConfig):
     # been on the last character (the EOS symbol) for this many consecutive reduced frames.
     stop_after_eos_frames: int = 2
     # SSRN trains on one random window of this many reduced frames (4x as many linear frames)
-    # per utterance; None trains on whole utterances, as K and the paper do. Its convolutions are non-causal with a short receptive
-    # field, so windows teach the same local mapping; tiny uses them because SSRN's three
+    # per utterance; None trains on whole utterances, as K and the paper do. Its convolutions are
+    # non-causal with a short receptive field, so windows teach the same local mapping; tiny uses them because SSRN's three
     # F′ x F′ (1025 x 1025) layers at the full frame rate dominate a CPU step.
     ssrn_train_window: int | None = None
 

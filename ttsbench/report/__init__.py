@@ -21,6 +21,8 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ttsbench.claims import HOLDS, FAILS, final_value, format_values, judge, median_value, per_seed, time_to
+from ttsbench.metrics.stats import Interval
+from ttsbench.metrics.summary import corpus_rate, pooled_interval
 from ttsbench.report import plots
 from ttsbench.results import RunStore
 
@@ -36,6 +38,14 @@ class Column:
     quantity: Callable[[pd.DataFrame], float]
     digits: int = 3
     reference: bool = False  # also shown for the recording and the vocoder ceiling
+    interval: Callable[[pd.DataFrame], Interval] | None = None  # all seeds' utterances pooled: [low, high]
+
+
+def _quality(title: str, tip: str, name: str, digits: int, quantity: Callable[[pd.DataFrame], float] | None = None
+             ) -> Column:
+    """A quality column: per-seed value (mean over utterances, or corpus rate), and its 95 % interval."""
+    return Column(title, tip + "; [95 % bootstrap interval over all seeds' test utterances]",
+                  quantity or final_value(f"eval/{name}"), digits, True, pooled_interval(name))
 
 
 def _sum_items(metrics: tuple[str, ...]) -> Callable[[pd.DataFrame], float]:
@@ -71,13 +81,18 @@ def summary_columns(thresholds: Mapping[str, float]) -> list[Column]:
         Column("val mel L1", "final validation mel L1 after DTW (free-running)", final_value("val/mel_l1_dtw")),
         Column("diag.", "final teacher-forced diagonal score (attention systems)", final_value("val/diagonal_score")),
         Column("focus", "final teacher-forced focus rate (attention systems)", final_value("val/focus_rate")),
-        Column("MCD dB", "mel-cepstral distortion (DTW, order 24) on test utterances", final_value("eval/mcd"), 2, True),
-        Column("F0 RMSE ¢", "log-F0 RMSE in cents on frames voiced in both", final_value("eval/f0_rmse"), 1, True),
-        Column("PESQ", "wide-band PESQ on the time-aligned synthesis", final_value("eval/pesq"), 2, True),
-        Column("STOI", "STOI on the time-aligned synthesis", final_value("eval/stoi"), 3, True),
-        Column("WER", "pocketsphinx word error rate", final_value("eval/wer"), 3, True),
-        Column("CER", "pocketsphinx character error rate", final_value("eval/cer"), 3, True),
-        Column("MOS est.", "DNSMOS P.835 overall (no reference)", final_value("eval/dnsmos_ovrl"), 2, True),
+        _quality("MCD dB", "mel-cepstral distortion (DTW, order 24) on test utterances", "mcd", 2),
+        _quality("F0 RMSE ¢", "log-F0 RMSE in cents on frames voiced in both", "f0_rmse", 1),
+        _quality("PESQ", "wide-band PESQ on the time-aligned synthesis", "pesq", 2),
+        _quality("STOI", "STOI on the time-aligned synthesis", "stoi", 3),
+        _quality("WER", "Whisper tiny.en word error rate, corpus rate over the test utterances", "wer", 3,
+                 corpus_rate("wer")),
+        _quality("CER", "Whisper tiny.en character error rate, corpus rate", "cer", 3, corpus_rate("cer")),
+        _quality("speaker sim", "cosine of speaker embeddings to the corpus speaker's recordings", "speaker_sim", 3),
+        _quality("MOS est.", "DNSMOS P.835 overall (no reference)", "dnsmos_ovrl", 2),
+        Column("intelligible step", f"first validation step with WER <= {thresholds['wer']} (validation.metrics: wer)",
+               time_to("val/wer", thresholds["wer"], False, "step"), 0),
+        Column("intelligible s", "the same, in training seconds", time_to("val/wer", thresholds["wer"], False, "seconds"), 0),
         Column("RTF", "median real-time factor, acoustic model + Griffin-Lim (lower is faster)",
                median_value("rtf/total")),
         Column("RTF acoustic", "median real-time factor of the acoustic model alone", median_value("rtf/acoustic")),
@@ -103,6 +118,12 @@ def _format(values: list[float], digits: int) -> str:
     return median if low == high else f"{median} ({low}–{high})"
 
 
+def _format_interval(interval: Interval, digits: int) -> str:
+    if math.isnan(interval.low) or interval.count < 2:
+        return ""
+    return f" [{interval.low:,.{digits}f}, {interval.high:,.{digits}f}]"
+
+
 def summary_table(results: pd.DataFrame, thresholds: Mapping[str, float]) -> tuple[list[Column], list[dict[str, Any]]]:
     """Rows per variant: cells 'median (min–max across seeds)'; empty columns dropped."""
     columns = summary_columns(thresholds)
@@ -118,6 +139,8 @@ def summary_table(results: pd.DataFrame, thresholds: Mapping[str, float]) -> tup
                 cells[column.title] = ""
                 continue
             cells[column.title] = _format(per_seed(results, variant, column.quantity), column.digits)
+            if column.interval is not None and cells[column.title]:
+                cells[column.title] += _format_interval(column.interval(variant_rows), column.digits)
         rows.append({"variant": variant, "system": variant_rows["system"].iloc[0],
                      "seeds": int(variant_rows["seed"].nunique()), "reference": reference, "cells": cells})
     kept = [c for c in columns if any(r["cells"][c.title] for r in rows)]
@@ -272,6 +295,7 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
               for title, metric, label, log_y in (
                   ("Validation mel L1 (free-running, DTW)", "val/mel_l1_dtw", "mel L1 after DTW", False),
                   ("Validation MCD (vocoded; when the suite's validation.metrics has mcd)", "val/mcd", "MCD dB", False),
+                  ("Validation WER (vocoded, Whisper; when validation.metrics has wer)", "val/wer", "WER", False),
                   ("Diagonal score (teacher-forced attention)", "val/diagonal_score", "diagonal score", False),
                   ("Duration change between validations", "val/duration_change", "frames per token", True),
                   ("Synthesised / recorded length", "val/length_ratio", "length ratio", True),
@@ -311,8 +335,8 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
     return index
 
 
-README_COLUMNS = ("parameters", "steps", "train min", "align step", "val mel L1", "MCD dB", "PESQ", "STOI", "WER",
-                  "RTF", "RTF acoustic", "hard fails")
+README_COLUMNS = ("parameters", "steps", "train min", "align step", "intelligible step", "MCD dB", "WER", "CER",
+                  "speaker sim", "RTF", "hard fails")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -325,7 +349,8 @@ def update_readme(path: Path, table: str, suite: Mapping[str, Any], environment:
             f"{environment.get('started', '?')}: {environment.get('device_name', '?')} "
             f"({environment.get('cpu_count', '?')} cores, {environment.get('threads', '?')} torch threads, "
             f"device {environment.get('device', '?')}), torch {environment.get('torch', '?')}, "
-            f"commit {str(environment.get('commit', '?'))[:12]}. Cells: median over seeds (min–max).")
+            f"commit {str(environment.get('commit', '?'))[:12]}. Cells: median over seeds (min–max) "
+            "[95 % bootstrap interval over all seeds' test utterances].")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     path.write_text(f"{head}{README_START}\n{note}\n\n{table}\n{README_END}{tail}", "utf-8")
