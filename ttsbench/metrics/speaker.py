@@ -14,12 +14,14 @@ import functools
 import warnings
 from collections.abc import Mapping
 
+import librosa
 import numpy as np
 
 with warnings.catch_warnings():  # resemblyzer's imports warn: pkg_resources (webrtcvad), scipy's old paths
     warnings.simplefilter("ignore", UserWarning)
     warnings.simplefilter("ignore", DeprecationWarning)
     from resemblyzer import VoiceEncoder, preprocess_wav
+    from resemblyzer.hparams import sampling_rate as RESEMBLYZER_RATE
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,9 +31,12 @@ def _encoder():
 
 def embed(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Unit-length speaker embedding of one utterance (Resemblyzer's preprocessing first)."""
-    wav = preprocess_wav(np.asarray(audio, dtype=np.float32), source_sr=sample_rate)
-    if len(wav) == 0:  # all silence once trimmed: embed the untrimmed audio instead
-        wav = preprocess_wav(np.asarray(audio, dtype=np.float32), source_sr=sample_rate, trim_silence=False)
+    audio = np.asarray(audio, dtype=np.float32)
+    if not np.any(audio):
+        raise ValueError("silent audio has no speaker to embed")
+    wav = preprocess_wav(audio, source_sr=sample_rate)
+    if len(wav) == 0:  # all silence once long pauses are cut: embed the resampled audio as it is
+        wav = librosa.resample(audio, orig_sr=sample_rate, target_sr=RESEMBLYZER_RATE)
     return np.asarray(_encoder().embed_utterance(wav), dtype=np.float64)
 
 
@@ -58,5 +63,8 @@ class SpeakerReference:
         return np.mean(kept, axis=0)
 
     def similarity(self, audio: np.ndarray, sample_rate: int, utterance: str | None = None) -> float:
-        """Cosine of the audio's embedding to the centroid without the same utterance's recording."""
+        """Cosine of the audio's embedding to the centroid without the same utterance's recording
+        (NaN for silent audio: no voice to compare)."""
+        if not np.any(audio):
+            return float("nan")
         return cosine(embed(audio, sample_rate), self.centroid(leave_out=utterance))
