@@ -419,14 +419,15 @@ class MetricInfo:
     compute: Callable[[Pair], float]
     description: str
     counts: Callable[[str, str], ErrorCounts] | None = None  # (text, transcript) -> counts
+    needs_speaker: bool = False  # the speaker's reference recordings (a SpeakerReference)
 
 
 def _metric(name: str, unit: str, compute: Callable[[Pair], float], description: str, *, higher_is_better: bool,
             needs_reference_audio: bool, needs_text: bool = False, slow: bool = False,
-            counts: Callable[[str, str], ErrorCounts] | None = None) -> MetricInfo:
+            counts: Callable[[str, str], ErrorCounts] | None = None, needs_speaker: bool = False) -> MetricInfo:
     return MetricInfo(name=name, unit=unit, higher_is_better=higher_is_better,
                       needs_reference_audio=needs_reference_audio, needs_text=needs_text, slow=slow,
-                      compute=compute, description=description, counts=counts)
+                      compute=compute, description=description, counts=counts, needs_speaker=needs_speaker)
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -458,7 +459,7 @@ METRICS: dict[str, MetricInfo] = {
                 counts=char_errors),
         _metric("speaker_sim", "cosine", _speaker_sim,
                 "cosine of Resemblyzer speaker embeddings: synthesis vs. the mean of the speaker's recordings",
-                higher_is_better=True, needs_reference_audio=True, slow=True),
+                higher_is_better=True, needs_reference_audio=True, slow=True, needs_speaker=True),
         _metric("dnsmos_ovrl", "MOS", _dnsmos_score("ovrl_mos"), "DNSMOS P.835 overall quality (no reference)",
                 higher_is_better=True, needs_reference_audio=False, slow=True),
         _metric("dnsmos_sig", "MOS", _dnsmos_score("sig_mos"), "DNSMOS P.835 speech signal quality (no reference)",
@@ -476,7 +477,8 @@ def count_keys(name: str) -> tuple[str, ...]:
     return tuple(f"{name}/{part}" for part in COUNT_PARTS)
 
 
-def select_metrics(include_slow: bool = True, have_reference: bool = True, have_text: bool = True) -> list[str]:
+def select_metrics(include_slow: bool = True, have_reference: bool = True, have_text: bool = True,
+                   have_speaker: bool = False) -> list[str]:
     """Names of the measures that fit: fast ones for validation curves, all for final scores."""
     return [
         name
@@ -484,13 +486,15 @@ def select_metrics(include_slow: bool = True, have_reference: bool = True, have_
         if (include_slow or not info.slow)
         and (have_reference or not info.needs_reference_audio)
         and (have_text or not info.needs_text)
+        and (have_speaker or not info.needs_speaker)
     ]
 
 
-def resolve_metrics(metrics: Iterable[str] | None, have_reference: bool, have_text: bool) -> list[str]:
+def resolve_metrics(metrics: Iterable[str] | None, have_reference: bool, have_text: bool,
+                    have_speaker: bool = True) -> list[str]:
     """Check requested names (None: every measure the inputs allow); errors name what is missing."""
     if metrics is None:
-        return select_metrics(True, have_reference, have_text)
+        return select_metrics(True, have_reference, have_text, have_speaker)
     names = list(metrics)
     unknown = [n for n in names if n not in METRICS]
     if unknown:
@@ -499,6 +503,8 @@ def resolve_metrics(metrics: Iterable[str] | None, have_reference: bool, have_te
         raise ValueError(f"{', '.join(needing)} need(s) the text")
     if not have_reference and (needing := [n for n in names if METRICS[n].needs_reference_audio]):
         raise ValueError(f"{', '.join(needing)} need(s) the reference recording")
+    if not have_speaker and (needing := [n for n in names if METRICS[n].needs_speaker]):
+        raise ValueError(f"{', '.join(needing)} need(s) the speaker's reference recordings")
     return names
 
 
@@ -525,7 +531,7 @@ def score(
     analyses (WORLD features, the DTW path, the alignment, the transcript) are computed once.
     An error rate adds its counts under `count_keys(name)`.
     """
-    names = resolve_metrics(metrics, reference_audio is not None, bool(text))
+    names = resolve_metrics(metrics, reference_audio is not None, bool(text), speaker is not None)
     pair = Pair(reference_audio, synthesis_audio, sample_rate, text, speaker, utterance)
     values: dict[str, float] = {}
     for name in names:
