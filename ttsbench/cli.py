@@ -197,8 +197,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if requested is None and not args.text:
         print("note: no --text, so wer and cer are left out")
 
-    speaker = (SpeakerReference.from_audio({u: read_mono(path) for u, path in references.items()})
-               if "speaker_sim" in names else None)
+    speaker = SpeakerReference.of_files(references.values()) if "speaker_sim" in names else None
     rows, scores, failures = [], [], []
     for utt_id in tqdm(sorted(references), desc="score", unit="utt", disable=args.quiet):
         reference, rate = read_mono(references[utt_id])

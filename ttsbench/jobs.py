@@ -192,7 +192,7 @@ def speaker_reference(utterances, metrics) -> SpeakerReference | None:
     """The target voice from the evaluation utterances' recordings, when speaker_sim is scored."""
     if "speaker_sim" not in metrics:
         return None
-    return SpeakerReference.from_audio({u.id: read_mono(u.audio_path) for u in utterances})
+    return SpeakerReference.of_files(u.audio_path for u in utterances)
 
 
 def utterance_rows(utterance_id: str, scores: Scores, variant: str | None = None) -> list[dict[str, Any]]:

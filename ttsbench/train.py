@@ -179,8 +179,7 @@ def validate(
         raise ValueError("scoring validation audio needs one recording per validation example")
     metrics: dict[str, list[float]] = {}
     scored: list[dict[str, float]] = []
-    speaker = (SpeakerReference.from_audio({e.id: read_mono(r) for e, r in zip(examples, recordings)})
-               if "speaker_sim" in audio_metrics else None)
+    speaker = SpeakerReference.of_files(recordings) if "speaker_sim" in audio_metrics else None
 
     def add(name: str, value: float) -> None:
         metrics.setdefault(name, []).append(value)

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import librosa
 import numpy as np
+
+from ttsbench.audio import read_mono
 
 with warnings.catch_warnings():  # resemblyzer's imports warn: pkg_resources (webrtcvad), scipy's old paths
     warnings.simplefilter("ignore", UserWarning)
@@ -57,6 +60,12 @@ class SpeakerReference:
         """id -> (audio, sample rate) of the reference speaker's recordings."""
         return cls({key: embed(audio, rate) for key, (audio, rate) in recordings.items()})
 
+    @classmethod
+    def of_files(cls, paths: Iterable[str | Path]) -> "SpeakerReference":
+        """The recordings in these files, keyed by file stem (the utterance id). Cached: every
+        validation of a run asks for the same recordings, and embedding them again is waste."""
+        return _reference_of_files(tuple(Path(p) for p in paths))
+
     def centroid(self, leave_out: str | None = None) -> np.ndarray:
         """Mean embedding, without `leave_out` when that leaves at least one recording."""
         kept = [e for key, e in self.embeddings.items() if key != leave_out] or list(self.embeddings.values())
@@ -68,3 +77,8 @@ class SpeakerReference:
         if not np.any(audio):
             return float("nan")
         return cosine(embed(audio, sample_rate), self.centroid(leave_out=utterance))
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_of_files(paths: tuple[Path, ...]) -> SpeakerReference:
+    return SpeakerReference.from_audio({path.stem: read_mono(path) for path in paths})
