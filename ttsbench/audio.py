@@ -92,7 +92,9 @@ def load_audio(path: str | Path, config: AudioConfig) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def _stft_magnitude(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
+def stft_magnitude(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """|STFT| [n_fft // 2 + 1, frames] after pre-emphasis: what the mel and linear features
+    (and FastSpeech2's energy) are computed from, so they share one framing."""
     if config.preemphasis:
         audio = librosa.effects.preemphasis(audio, coef=config.preemphasis)
     stft = librosa.stft(
@@ -135,13 +137,13 @@ def natural_log_mel(features: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 def mel_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     """Compressed mel magnitude spectrogram, shape [frames, n_mels] (time-major like the models)."""
-    mel = _mel_basis(config) @ _stft_magnitude(audio, config)
+    mel = _mel_basis(config) @ stft_magnitude(audio, config)
     return _compress(mel, config).T.copy()
 
 
 def linear_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     """Compressed linear magnitude spectrogram, shape [frames, n_fft // 2 + 1]."""
-    return _compress(_stft_magnitude(audio, config), config).T.copy()
+    return _compress(stft_magnitude(audio, config), config).T.copy()
 
 
 def linear_to_mel(linear: np.ndarray, config: AudioConfig) -> np.ndarray:

@@ -254,7 +254,6 @@ def hard_sentence_outcomes(
     sentences = list(sentences) if sentences is not None else load_hard_sentences()
     processor = TextProcessor()
     rows = []
-    model.eval()
     for utt_id, text in tqdm(sentences, desc="hard sentences", unit="utt", disable=not progress, leave=False):
         ids = torch.tensor(processor.encode(text), dtype=torch.long, device=model.device)
         with torch.no_grad():

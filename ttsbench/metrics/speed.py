@@ -171,7 +171,6 @@ def measure_rtf(
     sentences = list(sentences) if sentences is not None else length_spread_sentences()
     processor = TextProcessor()
     device = model.device
-    model.eval()
     rows = []
     memory_method = ""
     for utt_id, text in tqdm(sentences, desc="RTF", unit="sentence", disable=not progress, leave=False):

@@ -8,9 +8,11 @@ loss dict, `infer` returning a `Synthesis`, and a teacher-forced `alignment`.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -24,6 +26,8 @@ from ttsbench.data import Batch
 from ttsbench.schedule import Schedule
 
 Preset = Literal["tiny", "full"]
+PRESETS: tuple[str, ...] = typing.get_args(Preset)  # what suites and the CLI offer
+DEVICES = ("cpu", "cuda", "auto")  # where a model may run ("auto": cuda when present)
 
 
 @dataclass
@@ -56,8 +60,8 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
-        if name not in ("tiny", "full"):
-            raise ValueError(f"unknown preset {name!r}; use tiny or full")
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; use {' or '.join(PRESETS)}")
         return getattr(cls, name)()
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +106,58 @@ class ModelConfig:
             if rest not in inner_names:
                 raise ValueError(f"{head} has no field {rest!r}; fields: {', '.join(sorted(inner_names))}")
             value = _coerce(dotted, value, getattr(current, rest))
+            _check_type(dotted, value, typing.get_type_hints(type(current))[rest])
             return dataclasses.replace(self, **{head: dataclasses.replace(current, **{rest: value})})
-        return dataclasses.replace(self, **{head: _coerce(dotted, value, current)})
+        value = _coerce(dotted, value, current)
+        _check_type(dotted, value, typing.get_type_hints(type(self))[head])
+        return dataclasses.replace(self, **{head: value})
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """Refuse an override the field's annotation does not allow (`batch_size: "sixteen"`), so
+    the error names the field at validation instead of failing inside the model later."""
+    if not _fits(value, hint):
+        raise ValueError(f"{name} needs {_describe(hint)}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, tuple) and _fits_items(value, args)
+    return True  # nested configs and other annotations: left to the config's own checks
+
+
+def _fits_items(value: tuple, args: tuple) -> bool:
+    if not args:
+        return True
+    if len(args) == 2 and args[1] is Ellipsis:
+        return all(_fits(item, args[0]) for item in value)
+    return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint in (int, float, str, bool):
+        return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+    return f"a value of type {getattr(hint, '__name__', None) or str(hint).replace('typing.', '')}"
 
 
 def _coerce(name: str, value: Any, current: Any) -> Any:
@@ -208,8 +262,10 @@ class TTSModel(nn.Module, ABC):
     def training_step(self, batch: Batch, step: int, network: str = "model") -> dict[str, torch.Tensor]:
         """Forward + losses for one batch. Must contain 'loss'; other keys are logged parts.
 
-        Systems made of independently trained networks (DC-TTS) list them in `networks`; the
-        trainer then calls this once per network, each with its own optimizer and timer.
+        `batch` is already on the model's device (the trainer moves every batch it collates),
+        so systems do not move it again. Systems made of independently trained networks
+        (DC-TTS) list them in `networks`; the trainer then calls this once per network, each
+        with its own optimizer and timer.
         """
 
     def schedules(self) -> dict[str, Schedule]:
@@ -247,11 +303,33 @@ class TTSModel(nn.Module, ABC):
     # ---- inference --------------------------------------------------------------------------
     @abstractmethod
     def infer(self, text_ids: torch.Tensor) -> Synthesis:
-        """Free-running synthesis of one utterance from a 1-D tensor of symbol ids."""
+        """Free-running synthesis of one utterance from a 1-D tensor of symbol ids.
+
+        Runs inside `evaluating()`, so callers need not set eval mode (or no_grad) around it;
+        `text_ids` may be on any device.
+        """
 
     @abstractmethod
     def alignment(self, batch: Batch) -> list[Alignment]:
-        """Teacher-forced alignment for each utterance of a batch (for stability measures)."""
+        """Teacher-forced alignment for each utterance of a batch (for stability measures).
+
+        Runs inside `evaluating()`; `batch` is on the model's device, as the trainer passes it.
+        """
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode and no autograd for the block, then the caller's mode back.
+
+        `infer` and `alignment` run in it: dropout and batch statistics must not touch a
+        synthesis, and the trainer validates mid-run, so training mode has to survive the call.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
 
     @property
     def device(self) -> torch.device:

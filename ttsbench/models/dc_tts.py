@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,7 +35,7 @@ from ttsbench.audio import AudioConfig, linear_to_mel
 from ttsbench.data import Batch, sequence_mask
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
-from ttsbench.models.layers import ChannelLayerNorm, channel_mask
+from ttsbench.models.layers import ChannelLayerNorm, attention_durations, channel_mask
 
 # Per-call state of the causal convs while decoding frame by frame: each keeps its last
 # (k − 1)·δ inputs here, keyed by the conv module itself.
@@ -488,7 +487,6 @@ class DCTTS(TTSModel):
     def training_step(self, batch: Batch, step: int, network: str = "model") -> dict[str, torch.Tensor]:
         """Losses of one network: "text2mel" (L1 + BD + guided attention) or "ssrn" (L1 + BD)."""
         self._network(network)
-        batch = batch.to(self.device)
         if network == "text2mel":
             return self._text2mel_losses(batch)
         return self._ssrn_losses(batch)
@@ -546,7 +544,6 @@ class DCTTS(TTSModel):
         return guided_attention_loss(attention, text_lengths, reduced_lengths, self.config.guided_attention_g)
 
     # ---- inference ----------------------------------------------------------------------------
-    @torch.no_grad()
     def infer(self, text_ids: torch.Tensor) -> Synthesis:
         """Autoregressive Text2Mel over reduced frames, then SSRN to the linear spectrogram.
 
@@ -559,9 +556,7 @@ class DCTTS(TTSModel):
         `Synthesis.mel` is the coarse mel Text2Mel predicts, [T_r, F] at a quarter of the frame
         rate (frames_per_step = 4 says so); the linear spectrogram has the full 4 T_r frames.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             config = self.config
             text = text_ids.to(self.device, torch.long).reshape(1, -1)
             last_token = text.shape[1] - 1
@@ -609,21 +604,15 @@ class DCTTS(TTSModel):
                     "hit_max_frames": not stopped,
                 },
             )
-        finally:
-            self.train(was_training)
 
-    @torch.no_grad()
     def alignment(self, batch: Batch) -> list[Alignment]:
         """Teacher-forced attention per utterance, [N_b, ceil(T_b/4)] (no forcing: that is inference only).
 
         Durations count the reduced frames whose argmax is each character, times 4; the last
         reduced frame is partly past the utterance's end, so its character gives the overshoot
-        back and durations sum to T_b.
+        back and durations sum to T_b (`attention_durations`).
         """
-        was_training = self.training
-        self.eval()
-        try:
-            batch = batch.to(self.device)
+        with self.evaluating():
             target = self.reduce(self._pad_frames(batch.mel))
             _, attention = self.text2mel(batch.text_ids, batch.text_lengths, self.decoder_input(target))
             attention = attention.float().cpu()
@@ -633,15 +622,9 @@ class DCTTS(TTSModel):
                 num_frames = int(batch.frame_lengths[index])
                 steps = math.ceil(num_frames / self.reduction)
                 soft = attention[index, :text_length, :steps].numpy()
-                tokens = soft.argmax(axis=0)
-                durations = np.bincount(tokens, minlength=text_length) * self.reduction
-                durations[tokens[-1]] -= steps * self.reduction - num_frames
-                alignments.append(
-                    Alignment(utt_id, soft=soft, durations=durations.astype(np.int64), frames_per_step=self.reduction)
-                )
+                durations = attention_durations(soft, self.reduction, num_frames)
+                alignments.append(Alignment(utt_id, soft=soft, durations=durations, frames_per_step=self.reduction))
             return alignments
-        finally:
-            self.train(was_training)
 
 
 def spectral_losses(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

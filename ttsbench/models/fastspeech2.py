@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttsbench.align.mas import maximum_path
-from ttsbench.audio import AudioConfig, _stft_magnitude, num_frames
+from ttsbench.audio import AudioConfig, num_frames, stft_magnitude
 from ttsbench.data import Batch, register_feature
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
@@ -95,7 +95,7 @@ def pitch_feature(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 def energy_feature(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     """L2 norm of each frame of the STFT magnitude the mel is computed from."""
-    return np.linalg.norm(_stft_magnitude(audio, config), axis=0).astype(np.float32)
+    return np.linalg.norm(stft_magnitude(audio, config), axis=0).astype(np.float32)
 
 
 register_feature("pitch", pitch_feature)
@@ -586,8 +586,8 @@ class FastSpeech2Sniper(TTSModel):
 
     def _losses(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         config = self.config
-        out = self._teacher_forced(batch.to(self.device))
-        target = batch.mel.to(self.device)[:, : out.mel_before.shape[2]].transpose(1, 2)
+        out = self._teacher_forced(batch)
+        target = batch.mel[:, : out.mel_before.shape[2]].transpose(1, 2)
         frame_mask, token_mask = out.frame_mask, out.text_mask.squeeze(1)
         mel_values = frame_mask.sum() * self.n_mels
 
@@ -604,9 +604,7 @@ class FastSpeech2Sniper(TTSModel):
         zero = target.new_zeros(())
         align_forward_sum, align_bin = zero, zero
         if out.log_scores is not None:
-            align_forward_sum = forward_sum_loss(
-                out.log_scores, batch.text_lengths.to(self.device), batch.frame_lengths.to(self.device)
-            )
+            align_forward_sum = forward_sum_loss(out.log_scores, batch.text_lengths, batch.frame_lengths)
             hard = out.path
             align_bin = -(out.log_attention.clamp_min(math.log(1e-12)) * hard).sum() / hard.sum()
             warmup = config.binary_loss_warmup_steps
@@ -775,12 +773,9 @@ class FastSpeech2Sniper(TTSModel):
         return durations.to(self.device)
 
     # ---- inference ----------------------------------------------------------------------------
-    @torch.no_grad()
     def infer(self, text_ids: torch.Tensor) -> Synthesis:
         """Predicted durations (clamp(round(exp(log d) - 1), min=1)), pitch and energy, then decode."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             ids = text_ids.to(self.device, torch.long).reshape(1, -1)
             _, encoded, text_mask = self._encode(ids, torch.tensor([ids.shape[1]], device=self.device))
             log_durations, pitch, energy = self._predict_variances(encoded, text_mask)
@@ -789,8 +784,6 @@ class FastSpeech2Sniper(TTSModel):
             frames = min(predicted_frames, self.config.max_inference_frames)
             _, mel, _ = self._decode(encoded, pitch, energy, text_mask, durations, frames)
             rendered = durations_to_path(durations, frames).sum(-1)  # what fits under the cap
-        finally:
-            self.train(was_training)
         hit_max_frames = predicted_frames > frames
         return Synthesis(
             mel=mel[0].T.contiguous().float().cpu().numpy(),
@@ -805,13 +798,9 @@ class FastSpeech2Sniper(TTSModel):
             },
         )
 
-    @torch.no_grad()
     def alignment(self, batch: Batch) -> list[Alignment]:
         """The aligner's soft attention [L, T] and its MAS durations (or the file durations)."""
-        was_training = self.training
-        self.eval()
-        try:
-            batch = batch.to(self.device)
+        with self.evaluating():
             if self.aligner is None:
                 durations, attention = self._durations_from_files(batch), None
             else:
@@ -819,8 +808,6 @@ class FastSpeech2Sniper(TTSModel):
                 _, log_attention, durations = self._align(embedded, batch)
                 attention = torch.exp(log_attention).float().cpu().numpy()
             durations = durations.cpu().numpy()
-        finally:
-            self.train(was_training)
         alignments = []
         for b, utt_id in enumerate(batch.ids):
             tokens, frames = int(batch.text_lengths[b]), int(batch.frame_lengths[b])

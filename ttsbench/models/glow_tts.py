@@ -495,16 +495,14 @@ class GlowTTS(TTSModel):
     def _flow_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mel [B, n_mels, T] trimmed to a multiple of n_sqz, and its mask with lengths floored."""
         n_sqz = self.config.n_sqz
-        mel = batch.mel.to(self.device)
+        mel = batch.mel
         usable = mel.shape[1] // n_sqz * n_sqz
-        lengths = batch.frame_lengths.to(self.device) // n_sqz * n_sqz
+        lengths = batch.frame_lengths // n_sqz * n_sqz
         frame_mask = channel_mask(lengths, usable, mel.dtype)
         return mel[:, :usable].transpose(1, 2) * frame_mask, frame_mask
 
     def _aligned_forward(self, batch: Batch) -> _AlignedForward:
-        mean, log_std, log_durations, text_mask = self.encoder(
-            batch.text_ids.to(self.device), batch.text_lengths.to(self.device)
-        )
+        mean, log_std, log_durations, text_mask = self.encoder(batch.text_ids, batch.text_lengths)
         mel, frame_mask = self._flow_inputs(batch)
         z, logdet = self.decoder(mel, frame_mask)
         path = self._most_likely_path(z, mean, log_std, text_mask, frame_mask)
@@ -549,7 +547,6 @@ class GlowTTS(TTSModel):
         return torch.sum((aligned.log_durations - target) ** 2) / text_mask.sum()
 
     # ---- inference --------------------------------------------------------------------------
-    @torch.no_grad()
     def infer(
         self, text_ids: torch.Tensor, noise_scale: float | None = None, length_scale: float | None = None
     ) -> Synthesis:
@@ -558,9 +555,7 @@ class GlowTTS(TTSModel):
         noise_scale = self.config.noise_scale if noise_scale is None else noise_scale
         length_scale = self.config.length_scale if length_scale is None else length_scale
         n_sqz = self.config.n_sqz
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             ids = text_ids.to(self.device, torch.long).reshape(1, -1)
             lengths = torch.tensor([ids.shape[1]], device=self.device)
             mean, log_std, log_durations, text_mask = self.encoder(ids, lengths)
@@ -578,8 +573,6 @@ class GlowTTS(TTSModel):
             prior_log_std = (path.transpose(1, 2) @ log_std.transpose(1, 2)).transpose(1, 2)
             z = prior_mean + torch.exp(prior_log_std) * torch.randn_like(prior_mean) * noise_scale
             mel, _ = self.decoder(z, torch.ones_like(z[:, :1]), reverse=True)
-        finally:
-            self.train(was_training)
         return Synthesis(
             mel=mel[0].T.contiguous().float().cpu().numpy(),
             audio_config=self.config.audio,
@@ -589,15 +582,10 @@ class GlowTTS(TTSModel):
             info={"noise_scale": noise_scale, "length_scale": length_scale, "hit_max_frames": hit_max_frames},
         )
 
-    @torch.no_grad()
     def alignment(self, batch: Batch) -> list[Alignment]:
         """MAS durations per token (they sum to the frame count floored to a multiple of n_sqz)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             durations = self._aligned_forward(batch).path.sum(dim=-1).round().long().cpu().numpy()
-        finally:
-            self.train(was_training)
         return [
             Alignment(utt_id, soft=None, durations=durations[b, : int(batch.text_lengths[b])].astype(np.int64))
             for b, utt_id in enumerate(batch.ids)

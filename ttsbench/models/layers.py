@@ -1,4 +1,5 @@
-"""Blocks shared by several systems (Glow-TTS, FastSpeech2, the RL duration model).
+"""Blocks shared by several systems (Glow-TTS, FastSpeech2, the RL duration model), and the
+alignment helpers that more than one system needs (`attention_durations`: Tacotron, DC-TTS).
 
 Convention: convolutional blocks work channel-major, `x` [B, C, T], with a float `mask`
 [B, 1, T] (1 on valid steps, 0 on padding) made by `channel_mask`. Blocks multiply by the mask
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,6 +105,19 @@ def durations_to_path(durations: torch.Tensor, num_frames: int) -> torch.Tensor:
     frames = torch.arange(num_frames, device=durations.device)
     path = (frames[None, None, :] >= starts[:, :, None]) & (frames[None, None, :] < ends[:, :, None])
     return path.float()
+
+
+def attention_durations(soft: np.ndarray, frames_per_step: int, num_frames: int) -> np.ndarray:
+    """Frames per token (int64 [T_text]) from one utterance's soft attention [T_text, steps].
+
+    Each step (a column covering `frames_per_step` frames: Tacotron's r, DC-TTS's 4) goes to
+    its argmax token. The last step's group runs past the utterance's `num_frames`, so its
+    token gives the overshoot back and the durations sum to `num_frames`.
+    """
+    tokens = soft.argmax(axis=0)
+    durations = np.bincount(tokens, minlength=soft.shape[0]) * frames_per_step
+    durations[tokens[-1]] -= soft.shape[1] * frames_per_step - num_frames
+    return durations.astype(np.int64)
 
 
 def length_regulate(

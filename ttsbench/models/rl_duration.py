@@ -315,10 +315,6 @@ class RLDuration(TTSModel):
         # persisted so a resumed run does not re-apply the prior over trained weights
         self.register_buffer("prior_applied", torch.tensor(False))
 
-    def actor_parameters(self) -> list[nn.Parameter]:
-        """What the policy-gradient loss trains (the reference's actor optimizer)."""
-        return [*self.encoder.parameters(), *self.policy.parameters()]
-
     # ---- warm start -------------------------------------------------------------------------
     def warmup_batches_needed(self) -> int:
         """The length prior's T/L is estimated over several batches, not one."""
@@ -390,7 +386,6 @@ class RLDuration(TTSModel):
     def losses(self, batch: Batch, categories: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Reconstruction + policy-gradient (+ entropy bonus) loss for one batch."""
         remedies = self.remedies
-        batch = batch.to(self.device)
         text_mask = batch.text_mask
         states, logits = self.policy_logits(batch.text_ids, batch.text_lengths)
         log_probs = torch.log_softmax(logits, dim=-1)
@@ -550,13 +545,10 @@ class RLDuration(TTSModel):
         mask = sequence_mask(text_lengths, text_ids.shape[1])
         return states, (logits.argmax(-1) + 1) * mask
 
-    @torch.no_grad()
     def infer(self, text_ids: torch.Tensor) -> Synthesis:
         """Greedy durations (argmax + 1, as sampled in training), regulated and decoded; capped
         at `max_inference_frames`."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             ids = text_ids.to(self.device, torch.long).reshape(1, -1)
             lengths = torch.tensor([ids.shape[1]], device=self.device)
             states, durations = self.greedy_durations(ids, lengths)
@@ -565,8 +557,6 @@ class RLDuration(TTSModel):
             num_frames = min(total, self.config.max_inference_frames)
             mel = self.decode(states, durations, num_frames)
             rendered = durations_to_path(durations, num_frames).sum(-1)  # after the cap
-        finally:
-            self.train(was_training)
         return Synthesis(
             mel=mel[0].float().cpu().numpy(),
             audio_config=self.config.audio,
@@ -576,7 +566,6 @@ class RLDuration(TTSModel):
             info={"hit_max_frames": hit_max_frames, "mean_duration": total / ids.shape[1]},
         )
 
-    @torch.no_grad()
     def alignment(self, batch: Batch) -> list[Alignment]:
         """The greedy policy durations per token, the ones inference renders.
 
@@ -584,13 +573,8 @@ class RLDuration(TTSModel):
         the policy to the true length. The full policy P [B, L, D] is
         `softmax(policy_logits(ids, lengths)[1])`.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            batch = batch.to(self.device)
+        with self.evaluating():
             _, durations = self.greedy_durations(batch.text_ids, batch.text_lengths)
-        finally:
-            self.train(was_training)
         durations = durations.cpu().numpy().astype(np.int64)
         return [
             Alignment(utt_id, soft=None, durations=durations[b, : int(batch.text_lengths[b])])

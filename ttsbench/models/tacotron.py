@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,6 +24,7 @@ from ttsbench.audio import AudioConfig
 from ttsbench.data import Batch, sequence_mask
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
+from ttsbench.models.layers import attention_durations
 from ttsbench.schedule import PiecewiseConstant, Schedule
 
 # (start_step, r, batch_size): from start_step on, decode r frames per step with this batch size.
@@ -471,7 +471,6 @@ class Tacotron(TTSModel):
         Tacotron is one network trained end to end, so `network` is always "model".
         """
         config = self.config
-        batch = batch.to(self.device)
         mel = self._pad_to_multiple_of_r(batch.mel)
         linear = self._pad_to_multiple_of_r(batch.features["linear"])
         out = self(batch.text_ids, batch.text_lengths, mel, batch.frame_lengths)
@@ -525,7 +524,6 @@ class Tacotron(TTSModel):
         return torch.cat([features, silence], dim=1)
 
     # ---- inference ----------------------------------------------------------------------------
-    @torch.no_grad()
     def infer(self, text_ids: torch.Tensor) -> Synthesis:
         """Greedy decoding from a zero go-frame, feeding back the last of each step's r frames.
 
@@ -533,9 +531,7 @@ class Tacotron(TTSModel):
         or the attention on the last character exceeds its threshold (Coqui's rule); otherwise
         `max_decoder_steps` cuts it and the result says stopped=False.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             config = self.config
             r = self.r
             text = text_ids.to(self.device, torch.long).reshape(1, -1)
@@ -578,21 +574,16 @@ class Tacotron(TTSModel):
                     "hit_max_steps": not stopped,
                 },
             )
-        finally:
-            self.train(was_training)
 
-    @torch.no_grad()
     def alignment(self, batch: Batch) -> list[Alignment]:
         """Teacher-forced attention per utterance, [T_text, ceil(T/r)] (one column per decoder step).
 
         Durations count the steps whose argmax is each token, times r; the last step's r-group is
-        partly padding, so its token gives that overshoot back and durations sum to the true T.
+        partly padding, so its token gives that overshoot back and durations sum to the true T
+        (`attention_durations`).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             r = self.r
-            batch = batch.to(self.device)
             memory = self.encode(batch.text_ids, batch.text_lengths)
             mel = self._pad_to_multiple_of_r(batch.mel)
             _, _, attention = self.decode_teacher_forced(memory, batch.text_mask, mel)
@@ -603,10 +594,6 @@ class Tacotron(TTSModel):
                 num_frames = int(batch.frame_lengths[index])
                 steps = math.ceil(num_frames / r)
                 soft = attention[index, :steps, :text_length].T.numpy()
-                tokens = soft.argmax(axis=0)
-                durations = np.bincount(tokens, minlength=text_length) * r
-                durations[tokens[-1]] -= steps * r - num_frames
-                alignments.append(Alignment(utt_id, soft=soft, durations=durations.astype(np.int64), frames_per_step=r))
+                durations = attention_durations(soft, r, num_frames)
+                alignments.append(Alignment(utt_id, soft=soft, durations=durations, frames_per_step=r))
             return alignments
-        finally:
-            self.train(was_training)
