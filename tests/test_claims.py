@@ -149,3 +149,15 @@ def test_a_claim_without_rows_says_so():
     [verdict] = judge(results, {"rl_durations": {"published": "a", "remedied": "missing"}}, THRESHOLDS)
     assert verdict.verdict == INCONCLUSIVE
     assert "missing" in verdict.notes[0]
+
+
+@pytest.mark.parametrize("dctts_last_second, expected", [
+    (60.0, FAILS),  # ran on past the 20 s Tacotron needed and never aligned: later
+    (10.0, INCONCLUSIVE),  # stopped at 10 s, before Tacotron's 20 s: says nothing
+])
+def test_never_reaching_counts_only_when_the_run_went_on_long_enough(dctts_last_second, expected):
+    dctts_seconds = [dctts_last_second / 2, dctts_last_second]
+    results = frame(*[rows("dc", seed, "val/diagonal_score", [0.1, 0.2], [100, 200], dctts_seconds) for seed in (0, 1)],
+                    *[rows("taco", seed, "val/diagonal_score", [0.2, 0.7], [100, 200], [10.0, 20.0]) for seed in (0, 1)])
+    [verdict] = judge(results, {"dctts_fast": {"system": "dc", "baseline": "taco"}}, THRESHOLDS)
+    assert verdict.verdict == expected

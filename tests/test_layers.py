@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ttsbench.models.layers import durations_to_path, length_regulate
+from ttsbench.models.layers import attention_durations, durations_to_path, length_regulate
+from ttsbench.folders import TrainFolder
 from ttsbench.train import duration_change
 
 
@@ -21,11 +22,22 @@ def test_length_regulator_repeats_each_token_by_its_duration():
     assert path.sum(dim=1).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
 
 
+def test_attention_durations_count_argmax_steps_and_give_back_the_overshoot():
+    # 3 tokens, 4 steps of 2 frames over a 7-frame utterance: steps go to tokens 0, 0, 2, 1.
+    soft = np.array([[0.9, 0.6, 0.1, 0.2], [0.1, 0.3, 0.2, 0.5], [0.0, 0.1, 0.7, 0.3]])
+    durations = attention_durations(soft, frames_per_step=2, num_frames=7)
+    assert durations.dtype == np.int64
+    assert durations.tolist() == [4, 1, 2]  # token 1 owns the last, half-padding step
+    assert attention_durations(soft, frames_per_step=1, num_frames=4).tolist() == [2, 1, 1]
+
+
 def test_duration_change_compares_with_the_previous_validation(tmp_path):
-    np.savez(tmp_path / "step_00000010.npz", **{"a/durations": np.array([2, 3, 5]), "a": np.ones((3, 4))})
-    np.savez(tmp_path / "step_00000020.npz", **{"a/durations": np.array([2, 4, 5])})
+    folder = TrainFolder(tmp_path)
+    folder.alignments.mkdir()
+    np.savez(folder.alignment_path(10), **{"a/durations": np.array([2, 3, 5]), "a": np.ones((3, 4))})
+    np.savez(folder.alignment_path(20), **{"a/durations": np.array([2, 4, 5])})
     now = {"a/durations": np.array([2, 4, 8])}
-    assert duration_change(tmp_path, 30, now) == 1.0  # vs step 20: |0| + |0| + |3| over 3 tokens
-    assert duration_change(tmp_path, 20, now) == 4 / 3  # vs step 10: 0 + 1 + 3
-    assert duration_change(tmp_path, 10, now) is None
-    assert duration_change(tmp_path / "missing", 10, now) is None
+    assert duration_change(folder, 30, now) == 1.0  # vs step 20: |0| + |0| + |3| over 3 tokens
+    assert duration_change(folder, 20, now) == 4 / 3  # vs step 10: 0 + 1 + 3
+    assert duration_change(folder, 10, now) is None
+    assert duration_change(TrainFolder(tmp_path / "missing"), 10, now) is None

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ttsbench.errors import RunStoreError
 from ttsbench.results import RunStore
-from ttsbench.suite import SuiteError, load_suite
+from ttsbench.suite import Suite, SuiteError, load_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -86,7 +87,8 @@ claims:
 
 
 def test_invalid_override_value_and_yaml_syntax(tmp_path):
-    with pytest.raises(SuiteError, match=r"suite.yaml:3: systems\[0\].set: invalid override"):
+    with pytest.raises(SuiteError, match=r"suite.yaml:3: systems\[0\].set.sparsity_variant: invalid override: "
+                       r"sparsity_variant needs one of 'dense', 'constant', 'sniper', got 'sometimes'"):
         load_suite(write(tmp_path, "systems:\n  - system: fastspeech2-sniper\n    set: {sparsity_variant: sometimes}\n"))
     with pytest.raises(SuiteError, match=r"suite.yaml:2: not valid YAML"):
         load_suite(write(tmp_path, "seeds: [0]\nsystems:\t- glow-tts\n"))
@@ -148,3 +150,58 @@ def test_store_rejects_rows_without_metric_or_value(tmp_path):
     with pytest.raises(ValueError, match="lacks value"):
         store.record(JOB, "finished", [{"metric": "a"}])
     assert not store.results_path.exists()  # nothing half-written
+
+
+def test_set_values_are_type_checked_naming_the_key(tmp_path):
+    suite = ("systems:\n  - system: glow-tts\n    set:\n      batch_size: sixteen\n"
+             "      learning_rate: fast\n      audio.n_fft: 1024.5\n")
+    with pytest.raises(SuiteError) as raised:
+        load_suite(write(tmp_path, suite))
+    text = str(raised.value)
+    assert "suite.yaml:4: systems[0].set.batch_size: invalid override: batch_size needs an integer, got 'sixteen'" in text
+    assert "suite.yaml:5: systems[0].set.learning_rate: invalid override: learning_rate needs a number" in text
+    assert "suite.yaml:6: systems[0].set.audio.n_fft: invalid override: audio.n_fft needs an integer" in text
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    suite = "budget: {steps: 10}\nbudget: {steps: 20}\nsystems:\n  - {system: glow-tts, set: {batch_size: 2, batch_size: 4}}\n"
+    with pytest.raises(SuiteError) as raised:
+        load_suite(write(tmp_path, suite))
+    text = str(raised.value)
+    assert "suite.yaml:2: budget: key repeats in this mapping" in text
+    assert "suite.yaml:4: systems[0].set.batch_size: key repeats" in text
+
+
+def test_suite_round_trips_through_plain_data(tmp_path):
+    suite = load_suite(SUITES / "claims.yaml")
+    assert Suite.from_dict(suite.to_dict()) == suite
+
+
+def _folder_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_store_tolerates_a_torn_last_line_and_names_a_damaged_one(tmp_path):
+    store = store_with_run(tmp_path)
+    store.record(JOB, "finished", [{"metric": "a", "value": 1.0}, {"metric": "b", "value": 2.0}])
+    good = store.results_path.read_text("utf-8")
+    store.results_path.write_text(good + '{"job": "glow_seed0", "metr', "utf-8")  # cut mid-write
+    assert list(store.results()["metric"]) == ["a", "b"]
+    lines = good.splitlines()
+    store.results_path.write_text(lines[0] + "\n" + lines[1][:40] + "}\n", "utf-8")  # complete, but damaged
+    with pytest.raises(RunStoreError, match=r"(?s)results.jsonl:2: damaged row: not JSON .*--skip-damaged"):
+        store.results()
+    skipping = RunStore(store.root, skip_damaged=True)
+    assert len(skipping.results()) == 1 and "results.jsonl:2" in skipping.damaged[0]
+    assert not skipping.is_done(JOB["id"], JOB["config_hash"])  # its rows were damaged: it runs again
+
+
+def test_store_refuses_another_suite_before_writing(tmp_path):
+    store = store_with_run(tmp_path)
+    store.record(JOB, "finished", [{"metric": "a", "value": 1.0}])
+    before = _folder_bytes(store.root)
+    with pytest.raises(RunStoreError, match="holds a run of suite 't', not 'other'"):
+        store.check_compatible({"name": "other"}, [JOB])
+    with pytest.raises(RunStoreError, match="was run with config abc"):
+        store.check_compatible({"name": "t"}, [{**JOB, "config_hash": "xyz"}])
+    assert _folder_bytes(store.root) == before

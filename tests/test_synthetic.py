@@ -50,8 +50,10 @@ def test_lj_text_splits_come_from_the_standard_split() -> None:
         source = dict(standard_split_sentences(split))
         for utt_id, text in texts[split]:
             assert source[utt_id] == text and 30 <= len(text) <= 80
+    large = {split: len(items) for split, items in corpus_texts(CorpusSpec("lj-text", 2000)).items()}
+    assert large == {"train": 1858, "val": 42, "test": 100}  # val holds only 42 sentences of 20-90 chars
     with pytest.raises(ValueError, match="val"):
-        corpus_texts(CorpusSpec("lj-text", 2000))
+        corpus_texts(CorpusSpec("lj-text", 60, min_chars=32, max_chars=33))  # 1 val sentence of 32-33 chars
 
 
 def test_key_changes_with_every_field() -> None:

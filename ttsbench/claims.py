@@ -27,10 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ttsbench.metrics.convergence import time_to_threshold
+from ttsbench.metrics.summary import final_value, format_values, median_value, per_seed, time_to, variant_rows
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -65,50 +64,7 @@ class Verdict:
 
 
 # --------------------------------------------------------------------------------------------
-# Per-seed quantities from result rows
-
-
-def _variant(results: pd.DataFrame, variant: str) -> pd.DataFrame:
-    rows = results[results["variant"] == variant]
-    if rows.empty:
-        raise LookupError(f"the results hold no rows of variant {variant!r}")
-    return rows
-
-
-def per_seed(results: pd.DataFrame, variant: str, quantity: Callable[[pd.DataFrame], float]) -> list[float]:
-    """`quantity` of each seed's rows, in seed order."""
-    rows = _variant(results, variant)
-    return [float(quantity(group)) for _, group in sorted(rows.groupby("seed"), key=lambda kv: kv[0])]
-
-
-def final_value(metric: str) -> Callable[[pd.DataFrame], float]:
-    """The metric at the seed's last step (a curve) or its mean over items (an evaluation)."""
-    def quantity(rows: pd.DataFrame) -> float:
-        picked = rows[rows["metric"] == metric].dropna(subset=["value"])
-        if picked.empty:
-            return math.nan
-        if picked["step"].notna().any() and (picked["item"] == "").all():
-            return float(picked.sort_values("step")["value"].iloc[-1])
-        return float(picked["value"].mean())
-    return quantity
-
-
-def median_value(metric: str) -> Callable[[pd.DataFrame], float]:
-    def quantity(rows: pd.DataFrame) -> float:
-        values = rows.loc[rows["metric"] == metric, "value"].dropna()
-        return float(values.median()) if len(values) else math.nan
-    return quantity
-
-
-def time_to(metric: str, threshold: float, higher: bool, axis: str = "step") -> Callable[[pd.DataFrame], float]:
-    """Steps (or training seconds) until the validation curve first reaches `threshold`; inf if never."""
-    def quantity(rows: pd.DataFrame) -> float:
-        curve = rows[rows["metric"] == metric][["step", "seconds", "value"]].rename(columns={"value": metric})
-        if curve.empty:
-            return math.nan
-        steps, seconds = time_to_threshold(curve.dropna(subset=[metric]), metric, threshold, higher)
-        return steps if axis == "step" else seconds
-    return quantity
+# Per-seed quantities only the claims use (the generic ones are in ttsbench.metrics.summary)
 
 
 def early_mean(metric: str, fraction: float) -> Callable[[pd.DataFrame], float]:
@@ -123,6 +79,29 @@ def early_mean(metric: str, fraction: float) -> Callable[[pd.DataFrame], float]:
 
 def abs_log(quantity: Callable[[pd.DataFrame], float]) -> Callable[[pd.DataFrame], float]:
     return lambda rows: abs(math.log(quantity(rows))) if quantity(rows) > 0 else math.inf
+
+
+def _networks(results: pd.DataFrame, variant: str) -> list[str]:
+    """The separately trained networks of a variant, from its train/seconds/NETWORK rows."""
+    metrics = variant_rows(results, variant)["metric"]
+    prefix = "train/seconds/"
+    return sorted({m[len(prefix):] for m in metrics if m.startswith(prefix)})
+
+
+def intelligibility_notes(results: pd.DataFrame, variants: Sequence[str], thresholds: Mapping[str, float]) -> list[str]:
+    """Per seed, the steps and seconds until validation WER first fell to `thresholds["wer"]`,
+    and the test WER: reported beside a claim whose rule does not judge intelligibility."""
+    if not (results["metric"] == "val/wer").any():
+        return []
+    target = thresholds.get("wer", 0.3)
+    notes = []
+    for variant in variants:
+        steps = per_seed(results, variant, time_to("val/wer", target, False, "step"))
+        seconds = per_seed(results, variant, time_to("val/wer", target, False, "seconds"))
+        wer = per_seed(results, variant, final_value("summary/wer"))
+        notes.append(f"{variant}: validation WER <= {target} at step {format_values(steps)}, "
+                     f"training second {format_values(seconds)}; test WER {format_values(wer)}")
+    return notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +143,40 @@ def check_no_worse(name: str, a: str, a_values: list[float], b: str, b_values: l
     return Check(name, rule, verdict, a, b, a_values, b_values)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A validation curve reaching a threshold, timed on one axis ("step" or "seconds")."""
+
+    metric: str
+    threshold: float
+    higher: bool
+    axis: str
+
+
+def check_sooner(name: str, results: pd.DataFrame, a: str, b: str, target: Target, what: str) -> Check:
+    """"A reaches the target in fewer steps (or seconds) than B", every seed against every seed.
+
+    A seed that never reached it counts as later than any seed that did, but only if its run
+    went on past the time that seed needed; a run stopped sooner says nothing (missing, so the
+    check is inconclusive).
+    """
+    times = {v: per_seed(results, v, time_to(target.metric, target.threshold, target.higher, target.axis)) for v in (a, b)}
+    spans = {v: per_seed(results, v, curve_span(target.metric, target.axis)) for v in (a, b)}
+    for side, other in ((a, b), (b, a)):
+        reached = [t for t in times[other] if math.isfinite(t)]
+        times[side] = [math.nan if math.isinf(t) and reached and span < max(reached) else t
+                       for t, span in zip(times[side], spans[side])]
+    return check_better(name, a, times[a], b, times[b], True, what)
+
+
+def curve_span(metric: str, axis: str) -> Callable[[pd.DataFrame], float]:
+    """How far (last step or training second) a seed's validation curve of `metric` went."""
+    def quantity(rows: pd.DataFrame) -> float:
+        values = rows.loc[rows["metric"] == metric, axis].dropna()
+        return float(values.max()) if len(values) else math.nan
+    return quantity
+
+
 def combine(checks: Sequence[Check]) -> str:
     verdicts = [c.verdict for c in checks]
     if FAILS in verdicts:
@@ -189,19 +202,15 @@ def gradual_training(results: pd.DataFrame, roles: Mapping[str, str], thresholds
         quality, target, quality_label = "val/mel_l1_dtw", thresholds["mel_l1_dtw"], "validation mel L1 (DTW)"
     checks = []
     for axis, unit in (("step", "steps"), ("seconds", "training seconds")):
-        checks.append(check_better(
-            f"aligns sooner ({unit})", gradual,
-            per_seed(results, gradual, time_to("val/diagonal_score", align, True, axis)), fixed,
-            per_seed(results, fixed, time_to("val/diagonal_score", align, True, axis)), True,
-            f"{unit} until validation diagonal score >= {align}"))
-        checks.append(check_better(
-            f"reaches the quality target sooner ({unit})", gradual,
-            per_seed(results, gradual, time_to(quality, target, False, axis)), fixed,
-            per_seed(results, fixed, time_to(quality, target, False, axis)), True,
-            f"{unit} until {quality_label} <= {target}"))
+        checks.append(check_sooner(f"aligns sooner ({unit})", results, gradual, fixed,
+                                   Target("val/diagonal_score", align, True, axis),
+                                   f"{unit} until validation diagonal score >= {align}"))
+        checks.append(check_sooner(f"reaches the quality target sooner ({unit})", results, gradual, fixed,
+                                   Target(quality, target, False, axis), f"{unit} until {quality_label} <= {target}"))
     notes = ([] if scored_mcd else
              ["This suite does not score MCD during training (validation.metrics), so validation mel L1 "
               "after DTW stands in for validation MCD."])
+    notes += intelligibility_notes(results, (gradual, fixed), thresholds)
     return Verdict("gradual_training", "Gradual training (r schedule) aligns and converges sooner than fixed r=2",
                    combine(checks), checks, notes,
                    "Coqui's schedule changes r at 10k-290k steps; a tiny run sees a compressed schedule.")
@@ -218,6 +227,11 @@ def glow_speed(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapp
                        autoregressive, per_seed(results, autoregressive, final_value("eval/mcd")), True,
                        "MCD on the test utterances"),
     ]
+    if (results["metric"] == "summary/wer").any():
+        checks.append(check_no_worse(
+            "similar intelligibility (WER)", parallel, per_seed(results, parallel, final_value("summary/wer")),
+            autoregressive, per_seed(results, autoregressive, final_value("summary/wer")), True,
+            "Whisper WER (corpus rate) on the test utterances"))
     ratios = [s / f for s, f in zip(slow, fast) if f > 0]
     params = {v: per_seed(results, v, final_value("parameters"))[0] for v in (parallel, autoregressive)}
     notes = [f"speed-up (autoregressive RTF / parallel RTF) per seed: {', '.join(f'{r:.1f}x' for r in ratios)}; "
@@ -233,16 +247,15 @@ def glow_speed(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapp
 def dctts_fast(results: pd.DataFrame, roles: Mapping[str, str], thresholds: Mapping[str, float]) -> Verdict:
     system, baseline = roles["system"], roles["baseline"]
     align = thresholds["alignment"]
-    checks = [check_better(
-        "Text2Mel aligns sooner (training seconds)", system,
-        per_seed(results, system, time_to("val/diagonal_score", align, True, "seconds")), baseline,
-        per_seed(results, baseline, time_to("val/diagonal_score", align, True, "seconds")), True,
-        f"training seconds until validation diagonal score >= {align}")]
+    checks = [check_sooner("Text2Mel aligns sooner (training seconds)", results, system, baseline,
+                           Target("val/diagonal_score", align, True, "seconds"),
+                           f"training seconds (all networks) until validation diagonal score >= {align}")]
     notes = []
-    for network in ("text2mel", "ssrn"):
+    for network in _networks(results, system):
         seconds = per_seed(results, system, final_value(f"train/seconds/{network}"))
         notes.append(f"{network}: {', '.join(f'{s:.0f}' for s in seconds)} training seconds per seed")
     notes.append("The paper: Text2Mel 27.9 h + SSRN 5.35 h on one GPU (cost table in the report).")
+    notes += intelligibility_notes(results, (system, baseline), thresholds)
     return Verdict("dctts_fast", "DC-TTS trains quickly: Text2Mel aligns sooner than Tacotron", combine(checks),
                    checks, notes, "The published 15 h figure is for full LJSpeech on a GPU.")
 
@@ -311,12 +324,3 @@ def judge(results: pd.DataFrame, claims: Mapping[str, Mapping[str, str]], thresh
         except LookupError as err:
             verdicts.append(Verdict(claim, claim, INCONCLUSIVE, notes=[str(err.args[0])]))
     return verdicts
-
-
-def format_values(values: Sequence[float]) -> str:
-    """Seed values and their spread, e.g. '0.41, 0.52 (0.41..0.52)'."""
-    if not values:
-        return "-"
-    shown = ", ".join("never" if math.isinf(v) else f"{v:.3g}" for v in values)
-    finite = [v for v in values if np.isfinite(v)]
-    return shown if len(values) == 1 or not finite else f"{shown} (median {np.median(values):.3g})"

@@ -8,12 +8,14 @@ fixes a broken corpus in one pass instead of one crash at a time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig, linear_spectrogram, load_audio, mel_spectrogram
+from ttsbench.errors import UserError
 from ttsbench.fileio import atomic_path
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
@@ -59,12 +62,15 @@ class CorpusProblem:
         return f"{self.path}:{self.line}: {self.message}"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """Every problem found in a corpus; str() is one `FILE:LINE: message` line per problem."""
 
     def __init__(self, problems: Sequence[CorpusProblem]):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __reduce__(self) -> tuple:  # pickled by a job process: rebuild from the problems, not the text
+        return (type(self), (self.problems,))
 
 
 @dataclass
@@ -78,6 +84,13 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.utterances)
+
+    def digest(self) -> str:
+        """Content digest of every id, text and audio file: what a resumed training must match."""
+        hasher = hashlib.blake2b(digest_size=12)
+        for utterance in sorted(self.utterances, key=lambda u: u.id):
+            hasher.update(f"{utterance.id}|{utterance.text}|{file_digest(utterance.audio_path)}\n".encode())
+        return hasher.hexdigest()
 
     def by_id(self) -> dict[str, Utterance]:
         return {u.id: u for u in self.utterances}
@@ -285,69 +298,84 @@ def check_corpus(
     utterances: list[Utterance] = []
     first_seen: dict[str, int] = {}
     dropped_memo: dict[str, bool] = {}
-    wav_dir = root / "wavs"
 
     def problem(line: int, message: str) -> None:
         problems.append(CorpusProblem(metadata, line, message))
 
     content = metadata.read_bytes().removeprefix(_UTF8_BOM)  # Excel and Notepad write one
     for line_no, raw in enumerate(content.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            problem(line_no, f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})")
+        entry = _metadata_entry(raw)
+        if entry is None:
             continue
-        if not line.strip():
+        if isinstance(entry, str):
+            problem(line_no, entry)
             continue
-        fields = line.split("|")
-        if len(fields) not in (2, 3):
-            problem(line_no, f"malformed line: expected 'id|text|normalized_text', found {len(fields)} field(s)")
-            continue
-        utt_id = fields[0].strip()
-        text = (fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]).strip()
-        if not utt_id:
-            problem(line_no, "empty id")
-            continue
-        if "/" in utt_id or "\\" in utt_id or ".." in utt_id:
-            problem(line_no, f"id {utt_id!r} contains a path separator or '..'")
-            continue
+        utt_id, text = entry
         if utt_id in first_seen:
             problem(line_no, f"duplicate id {utt_id!r} (first on line {first_seen[utt_id]})")
             continue
         first_seen[utt_id] = line_no
-        if not text:
-            problem(line_no, f"empty text for {utt_id!r}")
-            continue
-        try:
-            processor.encode(text)
-        except UnknownCharactersError as err:
-            problem(line_no, str(err))
-            continue
-        if processor.on_unknown == "error" and (dropped := _silently_dropped(text, processor, dropped_memo)):
-            listed = ", ".join(repr(c) for c in dropped)
-            problem(line_no, f"unknown characters {listed} in {text!r}: the text cleaners would silently drop them")
-            continue
-        audio_path = _find_audio(wav_dir, utt_id)
-        if audio_path is None:
-            problem(line_no, f"missing audio: {wav_dir / (utt_id + '.wav')} does not exist")
-            continue
-        try:
-            scan = _scan_audio(audio_path)
-        except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
-            problem(line_no, f"unreadable audio {audio_path}: {str(err).strip()}")
-            continue
-        if scan.declared_frames == 0:
-            problem(line_no, f"zero-length audio: {audio_path}")
-            continue
-        defects = _audio_defects(audio_path, scan, min_seconds, max_seconds)
-        for message in defects:
-            problem(line_no, message)
-        if not defects:
-            utterances.append(Utterance(utt_id, text, audio_path, line_no, scan.frames, scan.sample_rate))
+        found = _text_problem(text, processor, dropped_memo) or _audio_entry(root / "wavs", utt_id, min_seconds,
+                                                                             max_seconds)
+        if isinstance(found, tuple):
+            utterances.append(Utterance(utt_id, text, found[0], line_no, found[1].frames, found[1].sample_rate))
+        else:
+            for message in ([found] if isinstance(found, str) else found):
+                problem(line_no, message)
 
     if not utterances and not problems:
         problem(1, "metadata.csv lists no utterances")
     return Corpus(root, utterances), problems
+
+
+def _metadata_entry(raw: bytes) -> tuple[str, str] | str | None:
+    """(id, text) of one metadata line, what is wrong with it, or None for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})"
+    if not line.strip():
+        return None
+    fields = line.split("|")
+    if len(fields) not in (2, 3):
+        return f"malformed line: expected 'id|text|normalized_text', found {len(fields)} field(s)"
+    utt_id = fields[0].strip()
+    text = (fields[2] if len(fields) == 3 and fields[2].strip() else fields[1]).strip()
+    if not utt_id:
+        return "empty id"
+    if "/" in utt_id or "\\" in utt_id or ".." in utt_id:
+        return f"id {utt_id!r} contains a path separator or '..'"
+    if not text:
+        return f"empty text for {utt_id!r}"
+    return utt_id, text
+
+
+def _text_problem(text: str, processor: TextProcessor, dropped_memo: dict[str, bool]) -> str | None:
+    """Why the text front end cannot take `text` (unknown or silently dropped characters), if so."""
+    try:
+        processor.encode(text)
+    except UnknownCharactersError as err:
+        return str(err)
+    if processor.on_unknown == "error" and (dropped := _silently_dropped(text, processor, dropped_memo)):
+        listed = ", ".join(repr(c) for c in dropped)
+        return f"unknown characters {listed} in {text!r}: the text cleaners would silently drop them"
+    return None
+
+
+def _audio_entry(wav_dir: Path, utt_id: str, min_seconds: float,
+                 max_seconds: float) -> tuple[Path, _AudioScan] | str | list[str]:
+    """(path, scan) of an utterance's audio, or every defect found in it."""
+    audio_path = _find_audio(wav_dir, utt_id)
+    if audio_path is None:
+        return f"missing audio: {wav_dir / (utt_id + '.wav')} does not exist"
+    try:
+        scan = _scan_audio(audio_path)
+    except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
+        return f"unreadable audio {audio_path}: {str(err).strip()}"
+    if scan.declared_frames == 0:
+        return f"zero-length audio: {audio_path}"
+    defects = _audio_defects(audio_path, scan, min_seconds, max_seconds)
+    return defects or (audio_path, scan)
 
 
 def load_corpus(
@@ -403,14 +431,30 @@ def default_cache_dir() -> Path:
     return cache_root() / "features"
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
+def file_digest(path: Path) -> str:
+    """Content hash of a file, computed once per process for each (path, size, mtime)."""
+    stat = path.stat()
+    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest()
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """A killed run never leaves a truncated cache entry."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
+
+
+def _load_cached(path: Path) -> np.ndarray | None:
+    """A cached feature array, or None when the file is damaged (it is then recomputed)."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as err:
+        warnings.warn(f"{path}: damaged feature cache file ({err}); computing it again", stacklevel=2)
+        return None
 
 
 class FeatureCache:
@@ -421,19 +465,19 @@ class FeatureCache:
         self.root = (root or default_cache_dir()) / config.digest()
 
     def path(self, audio_path: Path, kind: str) -> Path:
-        return self.root / f"{_file_digest(audio_path)}.{kind}.npy"
+        return self.root / f"{file_digest(audio_path)}.{kind}.npy"
 
     def get(self, audio_path: Path, kinds: Sequence[str]) -> dict[str, np.ndarray]:
         unknown = [k for k in kinds if k not in FEATURES]
         if unknown:
             raise KeyError(f"unknown feature kind(s) {unknown}; known: {sorted(FEATURES)}")
-        digest = _file_digest(audio_path)
+        digest = file_digest(audio_path)
         paths = {k: self.root / f"{digest}.{k}.npy" for k in kinds}
         out: dict[str, np.ndarray] = {}
         audio: np.ndarray | None = None
         for kind, path in paths.items():
-            if path.is_file():
-                out[kind] = np.load(path)
+            if path.is_file() and (cached := _load_cached(path)) is not None:
+                out[kind] = cached
                 continue
             if audio is None:
                 audio = load_audio(audio_path, self.config)
@@ -491,7 +535,6 @@ class Batch:
     features: dict[str, torch.Tensor]
     frame_lengths: torch.Tensor
     frame_multiple: int = 1
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -518,7 +561,6 @@ class Batch:
             move(self.features),
             self.frame_lengths.to(device),
             self.frame_multiple,
-            move(self.extras),
         )
 
 
@@ -578,11 +620,3 @@ def bucket_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket_fa
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-def iterate_batches(
-    examples: Sequence[Example], batch_size: int, seed: int, frame_multiple: int = 1, pad_values: dict[str, float] | None = None
-) -> Iterable[Batch]:
-    """One epoch of bucketed, padded batches."""
-    for indices in bucket_batches([e.num_frames for e in examples], batch_size, seed):
-        yield collate([examples[i] for i in indices], frame_multiple, pad_values)

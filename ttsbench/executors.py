@@ -14,6 +14,9 @@ per job, from the driver's process, when the job has ended: outcome is `execute`
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 import threading
 import traceback
 from abc import ABC, abstractmethod
@@ -22,15 +25,29 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
-from ttsbench.suite import ExecutorSpec, Job
+from ttsbench.errors import UserError
+from ttsbench.jobs import execute
+from ttsbench.suite import EXECUTOR_TYPES, ExecutorSpec, Job
 
 Report = Callable[[Job, dict[str, Any]], None]
 RAY_INSTALL_HINT = "the Ray executor needs Ray: pip install 'ttsbench[ray]' (or: pip install 'ray[default]')"
 
 
 def _error_text(err: BaseException) -> str:
+    """What is stored as a failed job's error: a user error's own message, else the traceback's tail."""
+    if isinstance(err, UserError):
+        return str(err)
     lines = traceback.format_exception(type(err), err, err.__traceback__)
     return "".join(lines[-6:]).strip()
+
+
+def die_with_parent() -> None:
+    """Linux: a job process is killed when its driver dies, so no orphan trains on after a kill."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def failed(error: str) -> dict[str, Any]:
@@ -51,8 +68,6 @@ class Executor(ABC):
 
 
 def _run_in_child(job: Job, suite: Mapping[str, Any], root: str, progress: bool) -> dict[str, Any]:
-    from ttsbench.jobs import die_with_parent, execute
-
     die_with_parent()
     return execute(job.to_dict(), suite, root, progress)
 
@@ -97,8 +112,6 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise RuntimeError(RAY_INSTALL_HINT) from None
-        from ttsbench.jobs import execute
-
         started_here = False
         if not ray.is_initialized():
             if self.spec.address:
@@ -129,15 +142,16 @@ class RayExecutor(Executor):
 
 
 EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+assert tuple(EXECUTORS) == EXECUTOR_TYPES, "suite.EXECUTOR_TYPES names the executors a suite may choose"
 
 
 def make_executor(spec: ExecutorSpec) -> Executor:
     if spec.type not in EXECUTORS:
-        raise ValueError(f"unknown executor {spec.type!r}; use {', '.join(EXECUTORS)}")
+        raise UserError(f"unknown executor {spec.type!r}; use {', '.join(EXECUTORS)}")
     if spec.type == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
-            raise RuntimeError(RAY_INSTALL_HINT) from None
+            raise UserError(RAY_INSTALL_HINT) from None
     return EXECUTORS[spec.type](spec)
 

@@ -25,36 +25,33 @@ The reference job instead scores the recordings' Griffin-Lim copies (variant
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
-import socket
-import sys
 import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ttsbench.audio import read_mono
+import torch
+from tqdm.auto import tqdm
+
+from ttsbench import models
+from ttsbench.audio import AudioConfig, read_mono, save_audio
+from ttsbench.data import Corpus, Utterance, load_corpus
 from ttsbench.fileio import read_jsonl
+from ttsbench.folders import TrainFolder
+from ttsbench.metrics.alignment import hard_sentence_outcomes
 from ttsbench.metrics.quality import METRICS, Scores, griffin_lim_copy, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
+from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, training_steps_per_second
+from ttsbench.models.base import TTSModel
+from ttsbench.results import RunStore
 from ttsbench.suite import Evaluation, Job, Suite
+from ttsbench.text import TextProcessor
+from ttsbench.train import SPLIT_SEED, TrainOptions, train
 
 SKIPPED_LOG_KEYS = {"step", "seconds", "samples", "epoch", "event", "reason"}
 SKIPPED_VAL_KEYS = {"step", "seconds", "samples"}
 HARD_COLUMNS = ("audio_seconds", "expected_seconds", "hit_guard", "stopped_early", "path_skipped", "path_repeated",
                 "asr_skipped", "asr_repeated", "wer")
-
-
-def die_with_parent() -> None:
-    """Linux: a job process is killed when its driver dies, so no orphan trains on after a kill."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def execute(job_data: Mapping[str, Any], suite_data: Mapping[str, Any], root: str, progress: bool = True) -> dict[str, Any]:
@@ -63,56 +60,23 @@ def execute(job_data: Mapping[str, Any], suite_data: Mapping[str, Any], root: st
     Raises on any other failure: the executor decides about retries and records the error.
     """
     started = time.perf_counter()
-    job, suite = Job.from_dict(job_data), suite_from_dict(suite_data)
-    out = Path(root) / "jobs" / job.id
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "attempts.jsonl").open("a", encoding="utf-8") as attempts:
-        attempts.write(json.dumps({"started": time.time(), "host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+    job, suite = Job.from_dict(job_data), Suite.from_dict(suite_data)
+    folder = RunStore(root).job_folder(job.id)
+    folder.record_attempt()
     if job.kind == "reference":
-        state, rows = "finished", reference_rows(suite, out, progress)
+        state, rows = "finished", reference_rows(suite, folder, progress)
     else:
-        state, rows = train_and_evaluate(job, suite, out, progress)
+        state, rows = train_and_evaluate(job, suite, folder, progress)
     return {"state": state, "rows": rows, "seconds": time.perf_counter() - started}
-
-
-def attempts(root: str | Path, job_id: str) -> int:
-    """How many times a job was started (each attempt, on any node, adds a line)."""
-    path = Path(root) / "jobs" / job_id / "attempts.jsonl"
-    return len(path.read_text("utf-8").splitlines()) if path.is_file() else 0
-
-
-def suite_from_dict(data: Mapping[str, Any]) -> Suite:
-    """The inverse of `Suite.to_dict` for the fields a job needs (executors pass plain data)."""
-    from ttsbench.suite import Budget, ExecutorSpec, SystemEntry
-
-    values = dict(data)
-    values["budget"] = Budget(**values["budget"])
-    values["evaluation"] = Evaluation(**{k: tuple(v) if isinstance(v, list) else v for k, v in values["evaluation"].items()})
-    values["executor"] = ExecutorSpec(**values["executor"])
-    values["seeds"] = tuple(values["seeds"])
-    values["corpus_options"] = tuple(tuple(o) for o in values["corpus_options"])
-    values["thresholds"] = tuple(tuple(t) for t in values["thresholds"])
-    values["claims"] = tuple((c, tuple(tuple(r) for r in roles)) for c, roles in values["claims"])
-    values["systems"] = tuple(
-        SystemEntry(s["system"], s["variant"], s["preset"], tuple(tuple(o) for o in s["overrides"]),
-                    Budget(**s["budget"]) if s["budget"] else None)
-        for s in values["systems"]
-    )
-    return Suite(**values)
 
 
 # --------------------------------------------------------------------------------------------
 # Training
 
 
-def train_and_evaluate(job: Job, suite: Suite, out: Path, progress: bool) -> tuple[str, list[dict[str, Any]]]:
-    from ttsbench import models
-    from ttsbench.data import load_corpus
-    from ttsbench.train import TrainingDiverged, TrainOptions, train
-
+def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bool) -> tuple[str, list[dict[str, Any]]]:
     corpus = load_corpus(suite.corpus_location())
-    config = models.get(job.system).Config.preset(job.preset).with_overrides(list(job.overrides))
-    model = models.build(job.system, config, seed=job.seed)
+    model = models.build(job.system, models.config_for(job.system, job.preset, job.overrides), seed=job.seed)
     options = TrainOptions(
         steps=job.budget.steps,
         seed=job.seed,
@@ -126,14 +90,10 @@ def train_and_evaluate(job: Job, suite: Suite, out: Path, progress: bool) -> tup
         max_seconds=job.budget.max_seconds,
         val_metrics=suite.val_metrics,
     )
-    try:
-        train(model, corpus, out, options)
-        state = "finished"
-    except TrainingDiverged:
-        state = "diverged"
-    rows = training_rows(out, suite.log_every, model.num_parameters())
+    state = train(model, corpus, folder.root, options).state
+    rows = training_rows(folder, suite.log_every, model.num_parameters())
     if state == "finished":
-        rows += evaluation_rows(model, corpus, suite.evaluation, out / "samples", progress, suite.hard_sentence_set())
+        rows += evaluation_rows(model, corpus, suite.evaluation, folder, progress, suite.hard_sentence_set())
     return state, rows
 
 
@@ -145,11 +105,9 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def training_rows(out: Path, log_every: int, parameters: int) -> list[dict[str, Any]]:
+def training_rows(folder: TrainFolder, log_every: int, parameters: int) -> list[dict[str, Any]]:
     """The loss curve (every `log_every` steps), the validation curve and the run's totals."""
-    from ttsbench.metrics.speed import training_steps_per_second
-
-    records = read_jsonl(out / "log.jsonl")
+    records = read_jsonl(folder.log)
     log = [r for r in records if "event" not in r]
     events = [r for r in records if r.get("event") == "diverged"]
     rows: list[dict[str, Any]] = []
@@ -162,17 +120,17 @@ def training_rows(out: Path, log_every: int, parameters: int) -> list[dict[str, 
             if (number := _number(value)) is not None:
                 rows.append({"metric": f"train/{key}", "value": number, "step": record["step"] + 1,
                              "seconds": record["seconds"]})
-    for record in read_jsonl(out / "val.jsonl"):
+    for record in read_jsonl(folder.val):
         for key, value in record.items():
             if key not in SKIPPED_VAL_KEYS and (number := _number(value)) is not None:
                 rows.append({"metric": f"val/{key}", "value": number, "step": record["step"],
                              "seconds": record["seconds"]})
-    result = json.loads((out / "result.json").read_text("utf-8"))
+    result = json.loads(folder.result.read_text("utf-8"))
     step, seconds = result["steps"], result["seconds"]
     totals = {"parameters": parameters, "train/steps": step, "train/seconds": seconds,
               "train/samples": result["samples"], "train/diverged": float(bool(events))}
     if log:
-        totals["train/steps_per_second"] = training_steps_per_second(out / "log.jsonl")
+        totals["train/steps_per_second"] = training_steps_per_second(folder.log)
         totals.update({f"train/{k}": v for k, v in log[-1].items() if k.startswith("seconds/")})
     rows += [{"metric": k, "value": float(v), "step": step, "seconds": seconds} for k, v in totals.items()]
     return rows
@@ -182,13 +140,11 @@ def training_rows(out: Path, log_every: int, parameters: int) -> list[dict[str, 
 # Evaluation
 
 
-def _eval_utterances(corpus, evaluation: Evaluation):
-    from ttsbench.train import SPLIT_SEED
-
+def _eval_utterances(corpus: Corpus, evaluation: Evaluation) -> list[Utterance]:
     return corpus.split(seed=SPLIT_SEED)["test"][: evaluation.utterances]
 
 
-def speaker_reference(utterances, metrics) -> SpeakerReference | None:
+def speaker_reference(utterances: Sequence[Utterance], metrics: Sequence[str]) -> SpeakerReference | None:
     """The target voice from the evaluation utterances' recordings, when speaker_sim is scored."""
     if "speaker_sim" not in metrics:
         return None
@@ -217,54 +173,14 @@ def summary_rows(per_utterance: list[dict[str, float]], variant: str | None = No
     return rows
 
 
-def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progress: bool,
+def evaluation_rows(model: TTSModel, corpus: Corpus, evaluation: Evaluation, folder: TrainFolder, progress: bool,
                     hard_sentences: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Quality on the test utterances, RTF over text lengths, outcomes on the first
     `evaluation.hard_sentences` of `hard_sentences`."""
-    import torch
-
-    from ttsbench.audio import save_audio
-    from ttsbench.metrics.speed import length_spread_sentences, measure_rtf
-    from ttsbench.text import TextProcessor
-
-    rows: list[dict[str, Any]] = []
-    processor = TextProcessor()
-    model.eval()
-    utterances = _eval_utterances(corpus, evaluation)
-    speaker = speaker_reference(utterances, evaluation.metrics)
-    per_utterance = []
-    for index, utterance in enumerate(utterances):
-        with torch.no_grad():
-            synthesis = model.infer(torch.tensor(processor.encode(utterance.text), dtype=torch.long, device=model.device))
-        audio = synthesis.to_audio()
-        config = synthesis.output_audio_config
-        reference = read_mono(utterance.audio_path, config.sample_rate)[0]
-        if index < evaluation.audio_samples:
-            save_audio(samples / f"{utterance.id}.wav", audio, config)
-            (samples / f"{utterance.id}.txt").write_text(utterance.text, "utf-8")
-        try:
-            scores = score(reference, audio, config.sample_rate, utterance.text, evaluation.metrics, speaker,
-                           utterance.id)
-        except ValueError:  # no audio, or too little to analyse: nothing was heard
-            scores = unheard(utterance.text, evaluation.metrics)
-        per_utterance.append(scores.values)
-        scores.values.update(audio_seconds=len(audio) / config.sample_rate, stopped=float(synthesis.stopped))
-        rows += utterance_rows(utterance.id, scores)
-    rows += summary_rows(per_utterance)
-
+    rows = quality_rows(model, corpus, evaluation, folder)
     if evaluation.rtf_sentences:
-        table = measure_rtf(model, length_spread_sentences(evaluation.rtf_sentences), repeats=evaluation.rtf_repeats,
-                            warmup=1, progress=progress)
-        columns = {"chars": "chars", "audio_seconds": "audio_seconds", "acoustic": "rtf_acoustic",
-                   "vocoder": "rtf_vocoder", "total": "rtf_total", "latency": "total_seconds",
-                   "peak_memory_mb": "peak_memory_mb"}
-        for record in table.to_dict("records"):
-            rows += [{"metric": f"rtf/{name}", "value": float(record[column]), "item": record["id"]}
-                     for name, column in columns.items()]
-
+        rows += rtf_rows(model, evaluation, progress)
     if evaluation.hard_sentences:
-        from ttsbench.metrics.alignment import hard_sentence_outcomes
-
         sentences = hard_sentences[: evaluation.hard_sentences]
         outcomes = hard_sentence_outcomes(model, sentences, use_asr="wer" in evaluation.metrics, progress=progress)
         for record in outcomes.to_dict("records"):
@@ -273,13 +189,47 @@ def evaluation_rows(model, corpus, evaluation: Evaluation, samples: Path, progre
     return rows
 
 
-def reference_rows(suite: Suite, out: Path, progress: bool) -> list[dict[str, Any]]:
+def quality_rows(model: TTSModel, corpus: Corpus, evaluation: Evaluation, folder: TrainFolder) -> list[dict[str, Any]]:
+    """Each test utterance synthesised free-running and scored against its recording."""
+    processor = TextProcessor()
+    utterances = _eval_utterances(corpus, evaluation)
+    speaker = speaker_reference(utterances, evaluation.metrics)
+    rows: list[dict[str, Any]] = []
+    per_utterance = []
+    for index, utterance in enumerate(utterances):
+        synthesis = model.infer(torch.tensor(processor.encode(utterance.text), dtype=torch.long, device=model.device))
+        audio = synthesis.to_audio()
+        config = synthesis.output_audio_config
+        reference = read_mono(utterance.audio_path, config.sample_rate)[0]
+        if index < evaluation.audio_samples:
+            save_audio(folder.sample(utterance.id), audio, config)
+            folder.sample_text(utterance.id).write_text(utterance.text, "utf-8")
+        try:
+            scores = score(reference, audio, config.sample_rate, utterance.text, evaluation.metrics, speaker,
+                           utterance.id)
+        except ValueError:  # no audio, or too little to analyse: nothing was heard
+            scores = unheard(utterance.text, evaluation.metrics)
+        per_utterance.append(scores.values)
+        scores.values.update(audio_seconds=len(audio) / config.sample_rate, stopped=float(synthesis.stopped))
+        rows += utterance_rows(utterance.id, scores)
+    return rows + summary_rows(per_utterance)
+
+
+RTF_COLUMNS = {"chars": "chars", "audio_seconds": "audio_seconds", "acoustic": "rtf_acoustic",
+               "vocoder": "rtf_vocoder", "total": "rtf_total", "latency": "total_seconds",
+               "peak_memory_mb": "peak_memory_mb"}
+
+
+def rtf_rows(model: TTSModel, evaluation: Evaluation, progress: bool) -> list[dict[str, Any]]:
+    """Real-time factor per LJSpeech test sentence, spread over text length."""
+    table = measure_rtf(model, length_spread_sentences(evaluation.rtf_sentences), repeats=evaluation.rtf_repeats,
+                        warmup=1, progress=progress)
+    return [{"metric": f"rtf/{name}", "value": float(record[column]), "item": record["id"]}
+            for record in table.to_dict("records") for name, column in RTF_COLUMNS.items()]
+
+
+def reference_rows(suite: Suite, folder: TrainFolder, progress: bool) -> list[dict[str, Any]]:
     """The ceiling every system is read against: the recordings and their Griffin-Lim copies."""
-    from tqdm.auto import tqdm
-
-    from ttsbench.audio import AudioConfig, save_audio
-    from ttsbench.data import load_corpus
-
     corpus = load_corpus(suite.corpus_location())
     config = AudioConfig()
     metrics = suite.evaluation.metrics
@@ -292,9 +242,9 @@ def reference_rows(suite: Suite, out: Path, progress: bool) -> list[dict[str, An
         recording = read_mono(utterance.audio_path, config.sample_rate)[0]
         copy = griffin_lim_copy(recording, config.sample_rate, config)
         if index < suite.evaluation.audio_samples:
-            save_audio(out / "samples" / f"{utterance.id}.recording.wav", recording, config)
-            save_audio(out / "samples" / f"{utterance.id}.vocoder.wav", copy, config)
-            (out / "samples" / f"{utterance.id}.txt").write_text(utterance.text, "utf-8")
+            save_audio(folder.sample(utterance.id, "recording"), recording, config)
+            save_audio(folder.sample(utterance.id, "vocoder"), copy, config)
+            folder.sample_text(utterance.id).write_text(utterance.text, "utf-8")
         ceiling = score(recording, copy, config.sample_rate, utterance.text, metrics, speaker, utterance.id)
         own = (score(None, recording, config.sample_rate, utterance.text, no_reference)
                if no_reference else Scores({}, None))

@@ -11,6 +11,10 @@ RUNDIR/
                   re-running skips finished and diverged jobs and tries failed ones again
   jobs/JOB/       the trainer's folder (log, val curve, checkpoint, alignments) and samples/
 
+Nothing is written into an existing folder before `check_compatible` has passed: a folder
+holding another suite's run, or a job whose recipe changed, is refused as it is. A damaged line
+of results.jsonl is named by file and line; a torn last line (cut by a crash) is left out.
+
 Only the driver writes these files, one job at a time: a job's rows land together with its
 state, each file replaced atomically (write to a temporary file, then rename), so a kill at any
 moment leaves either the old or the new version. If a kill falls between the two files, the
@@ -29,7 +33,9 @@ from typing import Any
 
 import pandas as pd
 
+from ttsbench.errors import RunStoreError
 from ttsbench.fileio import atomic_write_json, atomic_write_jsonl
+from ttsbench.folders import TrainFolder
 
 COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item",
            "text")
@@ -38,10 +44,16 @@ DONE_STATES = ("finished", "diverged")  # a failed job is tried again when the r
 
 
 class RunStore:
-    """Reads and writes one run folder (see the module docstring)."""
+    """Reads and writes one run folder (see the module docstring).
 
-    def __init__(self, root: str | Path):
+    skip_damaged: leave out damaged lines of results.jsonl (each kept in `damaged`) instead of
+    refusing the folder; a job whose rows were among them counts as not done, so it runs again.
+    """
+
+    def __init__(self, root: str | Path, skip_damaged: bool = False):
         self.root = Path(root)
+        self.skip_damaged = skip_damaged
+        self.damaged: list[str] = []
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -52,43 +64,83 @@ class RunStore:
     def jobs_path(self) -> Path:
         return self.root / "jobs.json"
 
+    @property
+    def suite_path(self) -> Path:
+        return self.root / "suite.json"
+
+    @property
+    def run_path(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def environment_path(self) -> Path:
+        return self.root / "environment.json"
+
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 
+    def job_folder(self, job_id: str) -> TrainFolder:
+        return TrainFolder(self.job_dir(job_id))
+
+    def attempts(self, job_id: str) -> int:
+        """How many times a job was started (each attempt, on any node, adds a line)."""
+        return self.job_folder(job_id).attempt_count()
+
     # ---- creation ------------------------------------------------------------------------------
+    def check_compatible(self, suite: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]]) -> None:
+        """Refuse, writing nothing, a folder that holds another suite's run, a job whose config
+        changed since it ran, or damaged results (unless skip_damaged)."""
+        if self.run_path.is_file():
+            stored = json.loads(self.run_path.read_text("utf-8")).get("suite")
+            if stored != suite.get("name"):
+                raise RunStoreError(f"{self.root} holds a run of suite {stored!r}, not {suite.get('name')!r}; "
+                                    "use a new --out folder (nothing was written)")
+        stored_jobs = self.jobs()
+        for job in jobs:
+            entry = stored_jobs.get(job["id"])
+            if entry is not None and entry["config_hash"] != job["config_hash"]:
+                raise RunStoreError(
+                    f"job {job['id']} in {self.root} was run with config {entry['config_hash']}, the suite now "
+                    f"gives {job['config_hash']}; use a new --out folder (nothing was written)")
+        self._read_rows()
+
     def open(self, suite: Mapping[str, Any], environment: Mapping[str, Any]) -> str:
         """Create the run folder, or reopen it to resume; returns the run id.
 
-        Whether a stored job still matches the suite is decided per job by its config hash
-        (`is_done`), so a suite may gain seeds or systems between two runs into one folder.
+        Call `check_compatible` first. Whether a stored job still matches the suite is decided
+        per job by its config hash, so a suite may gain seeds or systems between two runs.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        run_path = self.root / "run.json"
-        atomic_write_json(self.root / "suite.json", dict(suite))
-        if run_path.is_file():
+        atomic_write_json(self.suite_path, dict(suite))
+        if self.run_path.is_file():
             return self.run_id
         run_id = f"{suite.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        atomic_write_json(self.root / "environment.json", dict(environment))
-        atomic_write_json(run_path, {"run_id": run_id, "suite": suite.get("name"), "created": time.time()})
+        atomic_write_json(self.environment_path, dict(environment))
+        atomic_write_json(self.run_path, {"run_id": run_id, "suite": suite.get("name"), "created": time.time()})
         return run_id
 
     @property
     def run_id(self) -> str:
-        return json.loads((self.root / "run.json").read_text("utf-8"))["run_id"]
+        return json.loads(self.run_path.read_text("utf-8"))["run_id"]
 
     # ---- jobs ----------------------------------------------------------------------------------
     def jobs(self) -> dict[str, dict[str, Any]]:
         return json.loads(self.jobs_path.read_text("utf-8")) if self.jobs_path.is_file() else {}
 
     def is_done(self, job_id: str, config_hash: str) -> bool:
+        """Finished or diverged with this config, and all its rows readable."""
         entry = self.jobs().get(job_id)
         if entry is None:
             return False
         if entry["config_hash"] != config_hash:
-            raise ValueError(
+            raise RunStoreError(
                 f"job {job_id} in {self.root} was run with config {entry['config_hash']}, the suite now gives "
                 f"{config_hash}; use a new --out folder"
             )
+        if self.damaged and entry.get("rows") is not None:
+            stored = sum(1 for row in self._read_rows() if row.get("job") == job_id)
+            if stored != entry["rows"]:
+                return False
         return entry["state"] in DONE_STATES
 
     def record(self, job: Mapping[str, Any], state: str, rows: Iterable[Mapping[str, Any]], **info: Any) -> None:
@@ -112,15 +164,45 @@ class RunStore:
 
     # ---- reading -------------------------------------------------------------------------------
     def _read_rows(self) -> list[dict[str, Any]]:
+        """Every readable row; a torn last line is left out, any other damaged line is named."""
         if not self.results_path.is_file():
             return []
-        return [json.loads(line) for line in self.results_path.read_text("utf-8").splitlines() if line]
+        text = self.results_path.read_text("utf-8", errors="replace")
+        lines = text.split("\n")
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        rows, damaged = [], []
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            row, problem = _parse_row(line)
+            if problem is None:
+                rows.append(row)
+            elif not (index == last and not text.endswith("\n")):  # a torn last line: a crash mid-write
+                damaged.append(f"{self.results_path}:{index + 1}: damaged row: {problem}")
+        self.damaged = damaged
+        if damaged and not self.skip_damaged:
+            raise RunStoreError("\n".join(damaged + [
+                "fix or delete the line(s) named, or pass --skip-damaged (`ttsbench report` then leaves them "
+                "out; `ttsbench run` runs their jobs again)"]))
+        return rows
 
     def results(self) -> pd.DataFrame:
         """All rows as a DataFrame with the columns `COLUMNS` (empty when nothing is stored)."""
         frame = pd.DataFrame(self._read_rows(), columns=list(COLUMNS))
         frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
         return frame
+
+
+def _parse_row(line: str) -> tuple[dict[str, Any], str | None]:
+    """(row, None), or ({}, what is wrong with the line)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        return {}, f"not JSON ({err.msg}; column {err.colno})"
+    if not isinstance(row, dict):
+        return {}, f"expected a JSON object, got {type(row).__name__}"
+    missing = [c for c in ("job", "metric", "value") if c not in row]
+    return (row, None) if not missing else ({}, f"lacks {', '.join(missing)}")
 
 
 def _clean(row: Mapping[str, Any]) -> dict[str, Any]:

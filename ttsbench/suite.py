@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,21 +54,29 @@ from typing import Any
 
 import yaml
 
+from ttsbench import models
+from ttsbench.audio import AudioConfig
 from ttsbench.claims import CLAIMS
+from ttsbench.errors import UserError
 from ttsbench.metrics.alignment import load_hard_sentences
+from ttsbench.metrics.quality import METRICS
+from ttsbench.models.base import DEVICES, PRESETS
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, KINDS, CorpusSpec, cached_corpus, corpus_cache_path
 
-EXECUTOR_TYPES = ("local", "ray")
-DEVICES = ("cpu", "cuda", "auto")
-PRESETS = ("tiny", "full")
+EXECUTOR_TYPES = ("local", "ray")  # the keys of executors.EXECUTORS (that module checks it)
+REFERENCE_JOB = "reference"  # the job that scores the recordings and their vocoder copies
+REFERENCE_VARIANT = "recording"
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError, ValueError):
     """A suite file is malformed; the message lists every problem as FILE:LINE: key: what."""
 
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+    def __reduce__(self) -> tuple:  # pickled by a job process: rebuild from the problems, not the text
+        return (type(self), (self.problems,))
 
 
 @dataclass(frozen=True)
@@ -165,10 +172,6 @@ class Suite:
     systems: tuple[SystemEntry, ...] = ()
     claims: tuple[tuple[str, Any], ...] = ()
 
-    @property
-    def threshold(self) -> dict[str, float]:
-        return dict(self.thresholds)
-
     def corpus_spec(self) -> CorpusSpec | None:
         """What to generate, for a synthetic corpus (`digits`, `lj-text`); None for a folder."""
         return CorpusSpec.default(self.corpus, **dict(self.corpus_options)) if self.corpus in KINDS else None
@@ -188,10 +191,6 @@ class Suite:
         """The hard sentences fitting the corpus: digit runs for digits, else the English set."""
         return list(DIGIT_HARD_SENTENCES) if self.corpus == "digits" else load_hard_sentences()
 
-    @property
-    def claim_roles(self) -> dict[str, dict[str, str]]:
-        return {claim: dict(roles) for claim, roles in self.claims}
-
     def shared_settings(self) -> dict[str, Any]:
         """Everything besides the model config that shapes a job's numbers."""
         return {
@@ -206,13 +205,11 @@ class Suite:
 
     def jobs(self) -> list[Job]:
         """The reference job, then system x seed in file order."""
-        from ttsbench import models
-
-        jobs = [Job("reference", "recording", "recording", "-", 0, (), Budget(steps=0),
+        jobs = [Job(REFERENCE_JOB, REFERENCE_VARIANT, REFERENCE_VARIANT, "-", 0, (), Budget(steps=0),
                     _hash({"reference": self.shared_settings()}), kind="reference")]
         for entry in self.systems:
             budget = entry.budget or self.budget
-            config = models.get(entry.system).Config.preset(entry.preset).with_overrides(entry.override_strings())
+            config = models.config_for(entry.system, entry.preset, entry.override_strings())
             digest = _hash({
                 "system": entry.system, "preset": entry.preset, "config": config.to_dict(),
                 "budget": asdict(budget), **self.shared_settings(),
@@ -225,6 +222,26 @@ class Suite:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Suite":
+        """The inverse of `to_dict` (executors pass a suite to job processes as plain data)."""
+        values = dict(data)
+        values["budget"] = Budget(**values["budget"])
+        values["evaluation"] = Evaluation(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in values["evaluation"].items()})
+        values["executor"] = ExecutorSpec(**values["executor"])
+        values["seeds"] = tuple(values["seeds"])
+        values["val_metrics"] = tuple(values["val_metrics"])
+        values["corpus_options"] = tuple(tuple(o) for o in values["corpus_options"])
+        values["thresholds"] = tuple(tuple(t) for t in values["thresholds"])
+        values["claims"] = tuple((c, tuple(tuple(r) for r in roles)) for c, roles in values["claims"])
+        values["systems"] = tuple(
+            SystemEntry(s["system"], s["variant"], s["preset"], tuple(tuple(o) for o in s["overrides"]),
+                        Budget(**s["budget"]) if s["budget"] else None)
+            for s in values["systems"]
+        )
+        return cls(**values)
+
 
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
@@ -234,18 +251,21 @@ def _hash(data: Any) -> str:
 # Loading with line numbers
 
 
-def _plain(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
-    """YAML node -> plain Python, recording the line of every key path (1-based)."""
+def _plain(node: yaml.Node, path: tuple, lines: dict[tuple, int], duplicates: list[tuple]) -> Any:
+    """YAML node -> plain Python, recording the line of every key path (1-based) and every key
+    that repeats in its mapping (plain YAML loading would keep the last one silently)."""
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
+            if key in out:
+                duplicates.append(path + (key,))
             lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _plain(value_node, path + (key,), lines)
+            out[key] = _plain(value_node, path + (key,), lines, duplicates)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, path + (i,), lines) for i, item in enumerate(node.value)]
+        return [_plain(item, path + (i,), lines, duplicates) for i, item in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
 
 
@@ -321,14 +341,33 @@ TOP_KEYS = ("name", "description", "corpus", "seeds", "device", "threads", "budg
 
 def load_suite(path: str | Path) -> Suite:
     """Parse and validate a suite file; raises SuiteError listing every problem."""
-    from ttsbench import models
-    from ttsbench.metrics.quality import METRICS
-
     path = Path(path)
+    raw, lines, duplicates = _read_yaml(path)
+    check = _Checker(path, lines)
+    for where in duplicates:
+        check.add(where, "key repeats in this mapping (YAML keeps only the last; remove one)")
+    data = check.mapping(raw, (), TOP_KEYS)
+    values: dict[str, Any] = {"name": str(data.get("name", path.stem)), "path": str(path)}
+    values.update(_run_settings(check, data))
+    values.update(_validation(check, data.get("validation")))
+    values["evaluation"] = _evaluation(check, data.get("evaluation"))
+    values["thresholds"] = _thresholds(check, data.get("thresholds"))
+    values["executor"] = _executor(check, data.get("executor"))
+    values["systems"] = _systems(check, data.get("systems"))
+    values["claims"] = _claims(check, data.get("claims"), [e.variant for e in values["systems"]])
+    if check.problems:
+        raise SuiteError(check.problems)
+    return Suite(**{k: v for k, v in values.items() if v is not None})
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int], list[tuple]]:
+    """The file as plain data, the line of every key path, and the paths of repeated keys."""
     try:
         text = path.read_text("utf-8")
     except OSError as err:
         raise SuiteError([f"{path}: cannot read the suite file ({err.strerror or err})"]) from None
+    except UnicodeDecodeError as err:
+        raise SuiteError([f"{path}: not UTF-8 text ({err.reason} at byte {err.start})"]) from None
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as err:
@@ -336,10 +375,14 @@ def load_suite(path: str | Path) -> Suite:
         line = mark.line + 1 if mark else 1
         raise SuiteError([f"{path}:{line}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
     lines: dict[tuple, int] = {}
-    raw = _plain(node, (), lines) if node is not None else {}
-    check = _Checker(path, lines)
-    data = check.mapping(raw, (), TOP_KEYS)
-    values: dict[str, Any] = {"name": str(data.get("name", path.stem)), "path": str(path)}
+    duplicates: list[tuple] = []
+    raw = _plain(node, (), lines, duplicates) if node is not None else {}
+    return raw, lines, duplicates
+
+
+def _run_settings(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level scalars: description, corpus, seeds, device, threads, budget, intervals, price."""
+    values: dict[str, Any] = {}
     if "description" in data:
         values["description"] = str(data["description"])
     if "corpus" in data:
@@ -362,83 +405,107 @@ def load_suite(path: str | Path) -> Suite:
     for key in ("log_every", "checkpoint_every"):
         if key in data:
             values[key] = check.number(data[key], (key,), int, 1)
-    validation = check.mapping(data.get("validation"), ("validation",), ("every", "utterances", "metrics"))
+    if "price_per_hour" in data:
+        values["price_per_hour"] = check.number(data["price_per_hour"], ("price_per_hour",), float, 0)
+    return values
+
+
+def _validation(check: _Checker, value: Any) -> dict[str, Any]:
+    validation = check.mapping(value, ("validation",), ("every", "utterances", "metrics"))
+    values: dict[str, Any] = {}
     if "every" in validation:
         values["val_every"] = check.number(validation["every"], ("validation", "every"), int, 0)
     if "utterances" in validation:
         values["val_utterances"] = check.number(validation["utterances"], ("validation", "utterances"), int, 1)
     if "metrics" in validation:
         values["val_metrics"] = check.metric_names(validation["metrics"], ("validation", "metrics"), METRICS)
-    evaluation = check.mapping(data.get("evaluation"), ("evaluation",), tuple(Evaluation.__dataclass_fields__))
-    eval_values: dict[str, Any] = {}
+    return values
+
+
+def _evaluation(check: _Checker, value: Any) -> Evaluation:
+    evaluation = check.mapping(value, ("evaluation",), tuple(Evaluation.__dataclass_fields__))
+    values: dict[str, Any] = {}
     for key in ("utterances", "rtf_sentences", "rtf_repeats", "hard_sentences", "audio_samples"):
         if key in evaluation:
             minimum = 1 if key in ("utterances", "rtf_repeats") else 0
-            eval_values[key] = check.number(evaluation[key], ("evaluation", key), int, minimum)
+            values[key] = check.number(evaluation[key], ("evaluation", key), int, minimum)
     if "metrics" in evaluation:
-        eval_values["metrics"] = check.metric_names(evaluation["metrics"], ("evaluation", "metrics"), METRICS)
-    values["evaluation"] = Evaluation(**{k: v for k, v in eval_values.items() if v is not None})
+        values["metrics"] = check.metric_names(evaluation["metrics"], ("evaluation", "metrics"), METRICS)
+    return Evaluation(**{k: v for k, v in values.items() if v is not None})
+
+
+def _thresholds(check: _Checker, value: Any) -> tuple[tuple[str, float], ...]:
     merged = dict(Suite.__dataclass_fields__["thresholds"].default)
-    thresholds = check.mapping(data.get("thresholds"), ("thresholds",), tuple(merged))
-    for key, value in thresholds.items():
-        number = check.number(value, ("thresholds", key), float, 0)
+    for key, given in check.mapping(value, ("thresholds",), tuple(merged)).items():
+        number = check.number(given, ("thresholds", key), float, 0)
         if number is not None and key in merged:
             merged[key] = number
-    values["thresholds"] = tuple(merged.items())
-    if "price_per_hour" in data:
-        values["price_per_hour"] = check.number(data["price_per_hour"], ("price_per_hour",), float, 0)
-    executor = check.mapping(data.get("executor"), ("executor",), tuple(ExecutorSpec.__dataclass_fields__))
-    executor_values: dict[str, Any] = {}
+    return tuple(merged.items())
+
+
+def _executor(check: _Checker, value: Any) -> ExecutorSpec:
+    executor = check.mapping(value, ("executor",), tuple(ExecutorSpec.__dataclass_fields__))
+    values: dict[str, Any] = {}
     if "type" in executor:
-        executor_values["type"] = check.choice(executor["type"], ("executor", "type"), EXECUTOR_TYPES)
+        values["type"] = check.choice(executor["type"], ("executor", "type"), EXECUTOR_TYPES)
     for key, kind, minimum in (("parallel", int, 1), ("retries", int, 0), ("cpus_per_job", float, 0),
                                ("gpus_per_job", float, 0)):
         if key in executor:
-            executor_values[key] = check.number(executor[key], ("executor", key), kind, minimum)
+            values[key] = check.number(executor[key], ("executor", key), kind, minimum)
     if executor.get("address") is not None:
-        executor_values["address"] = str(executor["address"])
-    values["executor"] = ExecutorSpec(**{k: v for k, v in executor_values.items() if v is not None})
+        values["address"] = str(executor["address"])
+    return ExecutorSpec(**{k: v for k, v in values.items() if v is not None})
 
-    systems = data.get("systems")
-    entries: list[SystemEntry] = []
-    positions: list[int] = []  # each entry's index in the file, for error lines
+
+def _systems(check: _Checker, systems: Any) -> tuple[SystemEntry, ...]:
+    """Every valid entry; a repeated variant is named at the entry that repeats it."""
     if not isinstance(systems, list) or not systems:
         check.add(("systems",), "expected a non-empty list of systems")
-        systems = []
-    known = models.names()
+        return ()
+    entries: list[tuple[int, SystemEntry]] = []
     for i, item in enumerate(systems):
-        where = ("systems", i)
-        item = check.mapping(item, where, ("system", "variant", "preset", "set", "budget"))
-        name = item.get("system")
-        if name not in known:
-            check.add(where + ("system",), f"unknown system {name!r} (registered: {', '.join(known)})")
-            continue
-        preset = check.choice(item.get("preset", "tiny"), where + ("preset",), PRESETS) or "tiny"
-        overrides = check.mapping(item.get("set"), where + ("set",), _config_keys(name))
-        entry = SystemEntry(
-            system=name,
-            variant=str(item.get("variant", name)),
-            preset=preset,
-            overrides=tuple(overrides.items()),
-            budget=check.budget(item["budget"], where + ("budget",)) if "budget" in item else None,
-        )
-        try:
-            models.get(name).Config.preset(preset).with_overrides(entry.override_strings())
-        except (KeyError, ValueError, TypeError) as err:
-            check.add(where + ("set",), f"invalid override: {err.args[0] if err.args else err}")
-            continue
-        if not entry.variant.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            check.add(where + ("variant",), "use letters, digits, '-', '_' or '.' only (it names a folder)")
-        entries.append(entry)
-        positions.append(i)
-    variants = [e.variant for e in entries]
-    for i, (position, variant) in enumerate(zip(positions, variants)):
-        if variants.index(variant) != i:
-            check.add(("systems", position, "variant"), f"variant {variant!r} repeats; give each entry its own `variant`")
-    if "recording" in variants:
-        check.add(("systems",), "'recording' is reserved for the reference recordings")
-    values["systems"] = tuple(entries)
-    claims = check.mapping(data.get("claims"), ("claims",), tuple(CLAIMS))
+        entry = _system_entry(check, ("systems", i), item)
+        if entry is not None:
+            entries.append((i, entry))
+    seen: set[str] = set()
+    for position, entry in entries:
+        if entry.variant in seen:
+            check.add(("systems", position, "variant"),
+                      f"variant {entry.variant!r} repeats; give each entry its own `variant`")
+        seen.add(entry.variant)
+    if REFERENCE_VARIANT in seen:
+        check.add(("systems",), f"{REFERENCE_VARIANT!r} is reserved for the reference recordings")
+    return tuple(entry for _, entry in entries)
+
+
+def _system_entry(check: _Checker, where: tuple, item: Any) -> SystemEntry | None:
+    item = check.mapping(item, where, ("system", "variant", "preset", "set", "budget"))
+    name = item.get("system")
+    known = models.names()
+    if name not in known:
+        check.add(where + ("system",), f"unknown system {name!r} (registered: {', '.join(known)})")
+        return None
+    preset = check.choice(item.get("preset", "tiny"), where + ("preset",), PRESETS) or "tiny"
+    overrides = check.mapping(item.get("set"), where + ("set",), _config_keys(name))
+    entry = SystemEntry(
+        system=name,
+        variant=str(item.get("variant", name)),
+        preset=preset,
+        overrides=tuple(overrides.items()),
+        budget=check.budget(item["budget"], where + ("budget",)) if "budget" in item else None,
+    )
+    problems = models.override_problems(name, preset, dict(entry.overrides))
+    for key, problem in problems.items():
+        check.add(where + ("set", key), problem)
+    if problems:
+        return None
+    if not entry.variant.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        check.add(where + ("variant",), "use letters, digits, '-', '_' or '.' only (it names a folder)")
+    return entry
+
+
+def _claims(check: _Checker, value: Any, variants: Sequence[str]) -> tuple[tuple[str, Any], ...]:
+    claims = check.mapping(value, ("claims",), tuple(CLAIMS))
     for claim, roles in claims.items():
         if claim not in CLAIMS:
             continue
@@ -449,11 +516,7 @@ def load_suite(path: str | Path) -> Suite:
                 check.add(("claims", claim), f"needs a variant for {role!r}")
             elif roles[role] not in variants:
                 check.add(("claims", claim, role), f"no system entry has variant {roles[role]!r}")
-    values["claims"] = tuple((claim, tuple(sorted(roles.items()))) for claim, roles in claims.items()
-                             if isinstance(roles, dict))
-    if check.problems:
-        raise SuiteError(check.problems)
-    return Suite(**{k: v for k, v in values.items() if v is not None})
+    return tuple((claim, tuple(sorted(roles.items()))) for claim, roles in claims.items() if isinstance(roles, dict))
 
 
 CORPUS_OPTION_TYPES = {"count": int, "seed": int, "min_chars": int, "max_chars": int}
@@ -476,109 +539,5 @@ def _corpus(check: _Checker, value: Any) -> dict[str, Any]:
 
 def _config_keys(system: str) -> tuple[str, ...]:
     """Top-level config fields and `audio.*` keys a suite may override."""
-    from ttsbench import models
-    from ttsbench.audio import AudioConfig
-
     fields = tuple(models.get(system).Config.__dataclass_fields__)
     return fields + tuple(f"audio.{name}" for name in AudioConfig.__dataclass_fields__)
-
-
-# --------------------------------------------------------------------------------------------
-# Running
-
-
-@dataclass
-class RunSummary:
-    total: int
-    skipped: int
-    states: dict[str, str]  # job id -> state, for the jobs run now
-
-    @property
-    def failed(self) -> list[str]:
-        return [job for job, state in self.states.items() if state == "failed"]
-
-
-def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = None, progress: bool = True,
-              log: Any = print) -> RunSummary:
-    """Run every job of `suite` not yet done in `out`, recording each as it ends.
-
-    Re-running with the same `out` resumes: finished and diverged jobs are skipped, failed ones
-    run again, a job cut short resumes from its checkpoint. One `run_suite` at a time holds the
-    run folder's lock.
-    """
-    import fcntl
-
-    from ttsbench.executors import make_executor
-    from ttsbench.jobs import attempts
-    from ttsbench.results import RunStore
-
-    spec = executor or suite.executor
-    runner = make_executor(spec)
-    store = RunStore(out)
-    store.root.mkdir(parents=True, exist_ok=True)
-    lock = (store.root / ".lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RuntimeError(f"another `ttsbench run` is using {store.root}") from None
-    try:
-        corpus = suite.prepare_corpus(progress)
-        if corpus != "embedded" and not Path(corpus).is_dir():
-            raise ValueError(f"{suite.path}: corpus {suite.corpus!r} is {corpus!r}, which is not a folder "
-                             "(set the variable or edit the suite)")
-        jobs = suite.jobs()
-        store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
-        pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
-        log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
-            f"({runner.name} executor) -> {store.root}")
-        states: dict[str, str] = {}
-
-        def report(job: Job, outcome: dict[str, Any]) -> None:
-            tries = attempts(store.root, job.id)
-            store.record(job.to_dict(), outcome["state"], outcome["rows"], attempts=tries,
-                         seconds=outcome.get("seconds"), error=outcome.get("error"))
-            states[job.id] = outcome["state"]
-            took = f" in {outcome['seconds']:.0f} s" if outcome.get("seconds") else ""
-            detail = f": {outcome['error'].splitlines()[-1]}" if outcome.get("error") else ""
-            log(f"[{len(states)}/{len(pending)}] {job.id}: {outcome['state']}{took}, {len(outcome['rows'])} rows, "
-                f"{tries} attempt(s){detail}")
-
-        runner.run(pending, suite.to_dict(), str(store.root), report, progress)
-        return RunSummary(len(jobs), len(jobs) - len(pending), states)
-    finally:
-        lock.close()
-
-
-def run_environment(device: str, threads: int | None) -> dict[str, Any]:
-    """Versions, device, threads and commit: the conditions every number of a run holds for."""
-    import os
-    import platform
-    import subprocess
-
-    import pandas
-    import torch
-
-    import ttsbench
-    from ttsbench.metrics.speed import environment
-    from ttsbench.train import resolve_device
-
-    if threads:
-        torch.set_num_threads(threads)
-    info = environment(resolve_device(device))
-    source = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", False
-    info.update(
-        ttsbench=ttsbench.__version__,
-        pandas=pandas.__version__,
-        platform=platform.platform(),
-        cpu_count=os.cpu_count(),
-        commit=(commit + ("+dirty" if dirty else "")) or "unknown",
-        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    )
-    return info

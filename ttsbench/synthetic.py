@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ttsbench.data import SPLITS, cache_root, standard_split_sentences
+from ttsbench.errors import UserError
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_text
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
@@ -71,7 +72,7 @@ DIGIT_HARD_SENTENCES: list[tuple[str, str]] = [
 ]
 
 
-class MissingExtraError(RuntimeError):
+class MissingExtraError(UserError, RuntimeError):
     """Piper or the voice package is not installed (the optional 'corpus' extra)."""
 
     def __init__(self) -> None:
@@ -156,23 +157,35 @@ def _digit_texts(spec: CorpusSpec) -> dict[str, list[tuple[str, str]]]:
 
 
 def _lj_texts(spec: CorpusSpec) -> dict[str, list[tuple[str, str]]]:
-    """A seeded sample of each standard split's sentences within min_chars..max_chars."""
+    """A seeded sample of each standard split's sentences within min_chars..max_chars.
+
+    The standard val split has only 100 sentences (42 of 20-90 characters), so a held-out
+    split takes what its pool holds when that is less than its share, and train the rest.
+    """
     rng = random.Random(spec.seed)
-    processor = TextProcessor()
+    pools = {split: _lj_pool(spec, split) for split in SPLITS}
+    wanted = split_counts(spec.count)
+    counts = {split: min(wanted[split], len(pools[split])) for split in ("val", "test")}
+    counts["train"] = spec.count - counts["val"] - counts["test"]
     out = {}
-    for split, n in split_counts(spec.count).items():
-        pool = [
-            (utt_id, text)
-            for utt_id, text in standard_split_sentences(split)
-            if spec.min_chars <= len(text) <= spec.max_chars and _encodable(processor, text)
-        ]
-        if len(pool) < n:
+    for split in SPLITS:
+        least = MIN_HELDOUT if split != "train" else counts["train"]
+        if len(pools[split]) < least or counts[split] < 1:
             raise ValueError(
-                f"lj-text {split}: {n} sentences wanted but only {len(pool)} have "
+                f"lj-text {split}: {max(least, 1)} sentences wanted but only {len(pools[split])} have "
                 f"{spec.min_chars}..{spec.max_chars} characters; lower count or widen the range"
             )
-        out[split] = sorted(rng.sample(pool, n))
+        out[split] = sorted(rng.sample(pools[split], counts[split]))
     return out
+
+
+def _lj_pool(spec: CorpusSpec, split: str) -> list[tuple[str, str]]:
+    processor = TextProcessor()
+    return [
+        (utt_id, text)
+        for utt_id, text in standard_split_sentences(split)
+        if spec.min_chars <= len(text) <= spec.max_chars and _encodable(processor, text)
+    ]
 
 
 def _encodable(processor: TextProcessor, text: str) -> bool:

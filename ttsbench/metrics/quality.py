@@ -369,8 +369,11 @@ def _mel_l1(pair: Pair) -> float:
 def _pesq(pair: Pair) -> float:
     from pesq import PesqError, pesq
 
+    degraded = pair.aligned_synthesis_16k
+    if not np.any(np.abs(degraded) > 1e-8):  # pesq 0.0.4 crashes (NaN to int) on digital silence
+        return float("nan")
     try:
-        return float(pesq(EVAL_RATE, pair.reference_16k, pair.aligned_synthesis_16k, "wb"))
+        return float(pesq(EVAL_RATE, pair.reference_16k, degraded, "wb"))
     except PesqError:  # no speech detected in one side, or too short: PESQ has no answer
         return float("nan")
 

@@ -8,9 +8,12 @@ utterances, giving the set's value with its 95 % bootstrap interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
+
+from ttsbench.metrics.convergence import time_to_threshold
 
 from ttsbench.metrics.quality import COUNT_PARTS, METRICS, count_keys
 from ttsbench.metrics.stats import Interval, mean_interval, rate_interval
@@ -43,3 +46,55 @@ def pooled_interval(name: str) -> Callable[[pd.DataFrame], Interval]:
             return rate_interval(counts["errors"].tolist(), counts["length"].tolist())
         return mean_interval(rows.loc[rows["metric"] == f"eval/{name}", "value"].dropna().tolist())
     return interval
+
+
+def variant_rows(results: pd.DataFrame, variant: str) -> pd.DataFrame:
+    rows = results[results["variant"] == variant]
+    if rows.empty:
+        raise LookupError(f"the results hold no rows of variant {variant!r}")
+    return rows
+
+
+def per_seed(results: pd.DataFrame, variant: str, quantity: Callable[[pd.DataFrame], float]) -> list[float]:
+    """`quantity` of each seed's rows, in seed order."""
+    rows = variant_rows(results, variant)
+    return [float(quantity(group)) for _, group in sorted(rows.groupby("seed"), key=lambda kv: kv[0])]
+
+
+def final_value(metric: str) -> Callable[[pd.DataFrame], float]:
+    """The metric at the seed's last step (a curve) or its mean over items (an evaluation)."""
+    def quantity(rows: pd.DataFrame) -> float:
+        picked = rows[rows["metric"] == metric].dropna(subset=["value"])
+        if picked.empty:
+            return math.nan
+        if picked["step"].notna().any() and (picked["item"] == "").all():
+            return float(picked.sort_values("step")["value"].iloc[-1])
+        return float(picked["value"].mean())
+    return quantity
+
+
+def median_value(metric: str) -> Callable[[pd.DataFrame], float]:
+    def quantity(rows: pd.DataFrame) -> float:
+        values = rows.loc[rows["metric"] == metric, "value"].dropna()
+        return float(values.median()) if len(values) else math.nan
+    return quantity
+
+
+def time_to(metric: str, threshold: float, higher: bool, axis: str = "step") -> Callable[[pd.DataFrame], float]:
+    """Steps (or training seconds) until the validation curve first reaches `threshold`; inf if never."""
+    def quantity(rows: pd.DataFrame) -> float:
+        curve = rows[rows["metric"] == metric][["step", "seconds", "value"]].rename(columns={"value": metric})
+        if curve.empty:
+            return math.nan
+        steps, seconds = time_to_threshold(curve.dropna(subset=[metric]), metric, threshold, higher)
+        return steps if axis == "step" else seconds
+    return quantity
+
+
+def format_values(values: Sequence[float]) -> str:
+    """Seed values and their spread, e.g. '0.41, 0.52 (0.41..0.52)'."""
+    if not values:
+        return "-"
+    shown = ", ".join("never" if math.isinf(v) else f"{v:.3g}" for v in values)
+    finite = [v for v in values if np.isfinite(v)]
+    return shown if len(values) == 1 or not finite else f"{shown} (median {np.median(values):.3g})"

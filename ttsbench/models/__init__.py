@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import pickle
 import warnings
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
+from ttsbench.errors import CheckpointError, OptionError, UnknownSystemError, first_line
+from ttsbench.models.base import DEVICES, PRESETS, Alignment, ModelConfig, Synthesis, TTSModel
+from ttsbench.text import SYMBOLS
 
 __all__ = [
     "Alignment",
@@ -28,7 +33,12 @@ __all__ = [
     "names",
     "describe",
     "build",
+    "config_for",
+    "override_problems",
+    "read_checkpoint",
     "load_checkpoint",
+    "DEVICES",
+    "PRESETS",
 ]
 
 _REGISTRY: dict[str, type[TTSModel]] = {}
@@ -85,7 +95,8 @@ def get(name: str) -> type[TTSModel]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown system {name!r}; registered: {', '.join(sorted(_REGISTRY)) or 'none'}") from None
+        raise UnknownSystemError(
+            f"unknown system {name!r}; registered: {', '.join(sorted(_REGISTRY)) or 'none'}") from None
 
 
 def describe(name: str) -> str:
@@ -93,23 +104,83 @@ def describe(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def config_for(name: str, preset: str = "tiny", overrides: Iterable[str] = ()) -> ModelConfig:
+    """A system's preset config with `key=value` overrides applied: the one way every caller
+    (CLI, suites, jobs) builds a config, so they cannot drift apart. Bad overrides raise
+    OptionError naming the field."""
+    try:
+        return get(name).Config.preset(preset).with_overrides(list(overrides))
+    except (ValueError, TypeError) as err:
+        raise OptionError(f"{name} ({preset}): {err}") from None
+
+
+def override_problems(name: str, preset: str, overrides: Mapping[str, Any]) -> dict[str, str]:
+    """key -> what is wrong with that override, for suite validation (all keys at once)."""
+    base = get(name).Config.preset(preset)
+    problems = {}
+    for key, value in overrides.items():
+        try:
+            base.with_overrides([f"{key}={json.dumps(value)}"])
+        except (ValueError, TypeError) as err:
+            problems[key] = f"invalid override: {err}"
+    return problems
+
+
 def build(name: str, config: ModelConfig | None = None, preset: str = "tiny", seed: int | None = None) -> TTSModel:
     """Instantiate a system with a config (or its preset) and the shared symbol table.
 
     With `seed`, the initial weights depend on the seed alone, so a run is reproducible.
     """
-    from ttsbench.text import SYMBOLS
-
     cls = get(name)
     if seed is not None:
         torch.manual_seed(seed)
     return cls(config or cls.Config.preset(preset), num_symbols=len(SYMBOLS))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TTSModel, dict[str, Any]]:
-    """Model (eval mode) and the checkpoint dict, loaded with weights_only=True."""
-    checkpoint = torch.load(Path(path), map_location=device, weights_only=True)
-    cls = get(checkpoint["system"])
-    model = build(checkpoint["system"], cls.Config.from_dict(checkpoint["config"]))
-    model.load_state_dict(checkpoint["model"])
+CHECKPOINT_KEYS = ("system", "config", "model", "step")
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu", system: str | None = None) -> dict[str, Any]:
+    """A ttsbench checkpoint as a dict, loaded with weights_only=True (a pickle payload is
+    refused without running it). Raises CheckpointError naming the file and what is wrong:
+    missing, a folder, empty or truncated, not a ttsbench checkpoint, unsafe, or of another
+    system than `system`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unsupported content"
+        raise CheckpointError(f"{path}: refused: it holds Python objects that a weights-only load does not "
+                              f"run ({reason[:160]}); it was not executed") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
+                              f"{first_line(err, 160)})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: not a ttsbench checkpoint (lacks {', '.join(missing)})")
+    if system is not None and checkpoint["system"] != system:
+        raise CheckpointError(f"{path}: a checkpoint of {checkpoint['system']!r}, not of {system!r}")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    system: str | None = None) -> tuple[TTSModel, dict[str, Any]]:
+    """Model (eval mode) and the checkpoint dict; CheckpointError when the weights do not fit
+    the system the checkpoint names (a relabelled checkpoint of another system)."""
+    checkpoint = read_checkpoint(path, device, system)
+    try:
+        cls = get(checkpoint["system"])
+        model = build(checkpoint["system"], cls.Config.from_dict(checkpoint["config"]))
+        model.load_state_dict(checkpoint["model"])
+    except UnknownSystemError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: its weights do not fit system {checkpoint['system']!r} "
+                              f"({first_line(err)})") from None
     return model.to(device).eval(), checkpoint

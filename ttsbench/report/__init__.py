@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,25 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ttsbench.claims import HOLDS, FAILS, final_value, format_values, judge, median_value, per_seed, time_to
+from ttsbench.audio import AudioConfig, load_audio, mel_spectrogram
+from ttsbench.claims import FAILS, HOLDS, judge
+from ttsbench.errors import RunStoreError, UserError
+from ttsbench.metrics.alignment import durations_path
 from ttsbench.metrics.stats import Interval
-from ttsbench.metrics.summary import corpus_rate, pooled_interval
+from ttsbench.metrics.summary import (
+    corpus_rate,
+    final_value,
+    format_values,
+    median_value,
+    per_seed,
+    pooled_interval,
+    time_to,
+)
 from ttsbench.report import plots
 from ttsbench.results import RunStore
+from ttsbench.suite import REFERENCE_JOB, REFERENCE_VARIANT
 
-REFERENCE_VARIANTS = ("recording", "vocoder-ceiling")
+REFERENCE_VARIANTS = (REFERENCE_VARIANT, "vocoder-ceiling")
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,7 @@ def _first_jobs(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """variant -> the job id of its lowest seed that finished (the one shown in maps and players)."""
     chosen: dict[str, tuple[int, str]] = {}
     for job_id, info in jobs.items():
-        if info["state"] != "finished" or info["system"] == "recording":
+        if info["state"] != "finished" or job_id == REFERENCE_JOB:
             continue
         if info["variant"] not in chosen or info["seed"] < chosen[info["variant"]][0]:
             chosen[info["variant"]] = (info["seed"], job_id)
@@ -175,30 +188,34 @@ def _first_jobs(jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 
 
 def alignment_figures(store: RunStore, jobs: Mapping[str, Mapping[str, Any]], count: int = 4) -> list[dict[str, str]]:
-    from ttsbench.metrics.alignment import durations_path
-
+    """Per variant, the alignment maps of its first seed at `count` validation steps spread evenly."""
     figures = []
     for variant, job_id in _first_jobs(jobs).items():
-        files = sorted((store.job_dir(job_id) / "alignments").glob("step_*.npz"))
-        if not files:
+        stored = store.job_folder(job_id).alignment_steps()
+        if not stored:
             continue
-        picks = [files[i] for i in sorted(set(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)))]
+        picks = [stored[i] for i in sorted(set(np.linspace(0, len(stored) - 1, min(count, len(stored))).round().astype(int)))]
         maps, kind, utterance = {}, "attention", ""
-        for path in picks:
+        for step, path in picks:
             with np.load(path) as data:
                 key = sorted(data.files, key=lambda k: k.endswith("/durations"))[0]  # soft attention first
                 utterance = key.split("/")[0]
                 if not key.endswith("/durations"):
-                    maps[int(path.stem[5:])] = data[key]
+                    maps[step] = data[key]
                     continue
                 durations = data[key]
-            tokens = durations_path(durations)
-            matrix = np.zeros((len(durations), max(1, len(tokens))))
-            matrix[tokens, np.arange(len(tokens))] = 1.0
-            maps[int(path.stem[5:])], kind = matrix, "hard durations"
+            maps[step], kind = _duration_matrix(durations), "hard durations"
         figures.append({"variant": variant, "kind": kind,
                         "image": plots.alignment_maps(maps, f"{variant}: {utterance} ({kind}, teacher-forced)")})
     return figures
+
+
+def _duration_matrix(durations: np.ndarray) -> np.ndarray:
+    """Hard durations as a 0/1 token x frame map, drawn like attention."""
+    tokens = durations_path(durations)
+    matrix = np.zeros((len(durations), max(1, len(tokens))))
+    matrix[tokens, np.arange(len(tokens))] = 1.0
+    return matrix
 
 
 def _audio_uri(path: Path) -> str:
@@ -206,22 +223,21 @@ def _audio_uri(path: Path) -> str:
 
 
 def _spectrogram_uri(path: Path, title: str) -> str:
-    from ttsbench.audio import AudioConfig, load_audio, mel_spectrogram
-
     config = AudioConfig(trim_db=None)
     return plots.spectrogram(mel_spectrogram(load_audio(path, config), config), title)
 
 
 def sample_players(store: RunStore, jobs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per test utterance kept: the recording, the vocoder ceiling, then every system."""
-    reference = store.job_dir("reference") / "samples"
-    utterances = sorted(p.name[: -len(".recording.wav")] for p in reference.glob("*.recording.wav"))
+    reference = store.job_folder(REFERENCE_JOB)
+    suffix = ".recording.wav"
+    utterances = sorted(p.name[: -len(suffix)] for p in reference.samples.glob(f"*{suffix}"))
     groups = []
     for utt in utterances:
-        text_path = reference / f"{utt}.txt"
-        entries = [("recording", reference / f"{utt}.recording.wav"),
-                   ("vocoder ceiling (Griffin-Lim of the recording's mel)", reference / f"{utt}.vocoder.wav")]
-        entries += [(variant, store.job_dir(job) / "samples" / f"{utt}.wav") for variant, job in _first_jobs(jobs).items()]
+        text_path = reference.sample_text(utt)
+        entries = [("recording", reference.sample(utt, "recording")),
+                   ("vocoder ceiling (Griffin-Lim of the recording's mel)", reference.sample(utt, "vocoder"))]
+        entries += [(variant, store.job_folder(job).sample(utt)) for variant, job in _first_jobs(jobs).items()]
         players = [{"label": label, "audio": _audio_uri(path), "spectrogram": _spectrogram_uri(path, label[:40])}
                    for label, path in entries if path.is_file()]
         groups.append({"id": utt, "text": text_path.read_text("utf-8") if text_path.is_file() else "",
@@ -273,17 +289,20 @@ def benchmark_table(path: Path | None) -> list[dict[str, Any]]:
 
 
 def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None = None,
-                 price_per_hour: float | None = None, readme: str | Path | None = None) -> Path:
+                 price_per_hour: float | None = None, readme: str | Path | None = None,
+                 skip_damaged: bool = False) -> Path:
     """Write OUT/index.html, OUT/results.csv and OUT/summary.md from the run folder RUN."""
-    store = RunStore(run)
+    store = RunStore(run, skip_damaged=skip_damaged)
     if not store.results_path.is_file():
-        raise FileNotFoundError(f"{store.root} holds no results.jsonl: run a suite into it first (ttsbench run)")
+        raise RunStoreError(f"{store.root} holds no results.jsonl: run a suite into it first (ttsbench run)")
+    results = store.results()
+    for line in store.damaged:
+        warnings.warn(f"left out: {line}", stacklevel=2)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = store.results()
     jobs = store.jobs()
-    suite = json.loads((store.root / "suite.json").read_text("utf-8"))
-    environment = json.loads((store.root / "environment.json").read_text("utf-8"))
+    suite = json.loads(store.suite_path.read_text("utf-8"))
+    environment = json.loads(store.environment_path.read_text("utf-8"))
     thresholds = dict(suite["thresholds"])
     price = suite.get("price_per_hour", 0.0) if price_per_hour is None else price_per_hour
     bench_path = Path(benchmarks) if benchmarks else store.root / "benchmarks.json"
@@ -310,7 +329,7 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
         "environment": environment,
         "columns": columns,
         "summary": summary,
-        "curves": [(title, image) for title, image in curves if image],
+        "curves": curves,
         "rtf_plot": plots.rtf_against_length(results),
         "alignments": alignment_figures(store, jobs),
         "samples": sample_players(store, jobs),
@@ -340,17 +359,25 @@ README_COLUMNS = ("parameters", "steps", "train min", "align step", "intelligibl
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def readme_markers(text: str, suite_name: str) -> tuple[str, str]:
+    """The block a suite's table goes in: `<!-- results:SUITE:start -->` ... `:end -->` when the
+    README has one for this suite, else the default `<!-- results:start -->` block."""
+    named = (f"<!-- results:{suite_name}:start -->", f"<!-- results:{suite_name}:end -->")
+    return named if named[0] in text and named[1] in text else (README_START, README_END)
+
+
 def update_readme(path: Path, table: str, suite: Mapping[str, Any], environment: Mapping[str, Any]) -> None:
-    """Replace the README's generated results block (between the two markers) with `table`."""
+    """Replace the README's generated results block for this suite (between its markers) with `table`."""
     text = path.read_text("utf-8")
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path} has no {README_START} ... {README_END} block to fill")
+    start, end = readme_markers(text, suite["name"])
+    if start not in text or end not in text:
+        raise UserError(f"{path} has no {start} ... {end} block to fill")
     note = (f"Generated by `ttsbench report --readme` from suite `{suite['name']}` run on "
             f"{environment.get('started', '?')}: {environment.get('device_name', '?')} "
             f"({environment.get('cpu_count', '?')} cores, {environment.get('threads', '?')} torch threads, "
             f"device {environment.get('device', '?')}), torch {environment.get('torch', '?')}, "
             f"commit {str(environment.get('commit', '?'))[:12]}. Cells: median over seeds (min–max) "
             "[95 % bootstrap interval over all seeds' test utterances].")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_START}\n{note}\n\n{table}\n{README_END}{tail}", "utf-8")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{note}\n\n{table}\n{end}{tail}", "utf-8")

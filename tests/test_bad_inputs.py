@@ -1,0 +1,234 @@
+"""Bad inputs and faults, as a new user meets them: one clear line, exit 2, never a traceback.
+
+Each case runs the real command line in-process (`ttsbench.cli.main`) and checks its exit code,
+that the message names the culprit (file, option or field) and says what is wrong, and that no
+"Traceback" reaches the user. The pickle payload of one case would create a file if it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from ttsbench import cli, models
+from ttsbench.data import embedded_corpus_path
+
+MARKER = Path("/tmp/ttsbench-pickle-payload-ran")
+SMOKE = str(Path(__file__).resolve().parents[1] / "suites" / "smoke.yaml")
+
+
+class _Payload:
+    """Unpickling this runs `touch MARKER`; a weights-only load must refuse it unrun."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {MARKER}",))
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    """Exit code and everything printed (stdout and stderr) by `ttsbench ARGV`."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exit_:  # argparse refusing an option value
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def assert_refused(code: int, output: str, *fragments: str) -> None:
+    assert code == 2, output
+    assert "Traceback" not in output, output
+    for fragment in fragments:
+        assert fragment in output, (fragment, output)
+
+
+@pytest.fixture(scope="module")
+def glow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint: glow-tts trained for 2 steps on the embedded corpus."""
+    out = tmp_path_factory.mktemp("glow")
+    assert cli.main(["train", "glow-tts", "--steps", "2", "--val-every", "0", "--quiet", "--out", str(out)]) == 0
+    return out / "checkpoint.pt"
+
+
+def _truncated(tmp: Path, good: Path) -> Path:
+    data = good.read_bytes()
+    (tmp / "cut.pt").write_bytes(data[: len(data) // 2])
+    return tmp / "cut.pt"
+
+
+def _relabelled(tmp: Path, good: Path) -> Path:
+    checkpoint = torch.load(good, weights_only=True)
+    checkpoint["system"] = "tacotron-gradual"
+    checkpoint["config"] = models.get("tacotron-gradual").Config.tiny().to_dict()
+    torch.save(checkpoint, tmp / "relabelled.pt")
+    return tmp / "relabelled.pt"
+
+
+def _foreign(tmp: Path, good: Path) -> Path:
+    torch.save({"weights": torch.zeros(3)}, tmp / "foreign.pt")
+    return tmp / "foreign.pt"
+
+
+def _payload(tmp: Path, good: Path) -> Path:
+    torch.save({"system": "glow-tts", "config": {}, "model": {}, "step": 0, "x": _Payload()}, tmp / "evil.pt")
+    return tmp / "evil.pt"
+
+
+CHECKPOINT_CASES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
+    "missing": (lambda tmp, good: tmp / "nothing.pt", "no such checkpoint"),
+    "empty": (lambda tmp, good: (tmp / "empty.pt").touch() or tmp / "empty.pt", "empty file"),
+    "folder": (lambda tmp, good: tmp, "is a folder"),
+    "truncated": (_truncated, "not a readable checkpoint"),
+    "not ttsbench": (_foreign, "not a ttsbench checkpoint (lacks system, config, model, step)"),
+    "another system relabelled": (_relabelled, "its weights do not fit system 'tacotron-gradual'"),
+    "pickle payload": (_payload, "refused: it holds Python objects"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_CASES))
+@pytest.mark.parametrize("command", ["synth", "speed"])
+def test_bad_checkpoints_are_one_line(case, command, glow_checkpoint, tmp_path, capsys):
+    make, message = CHECKPOINT_CASES[case]
+    path = make(tmp_path, glow_checkpoint)
+    MARKER.unlink(missing_ok=True)
+    argv = ["synth", str(path), "hello", "-o", str(tmp_path / "x.wav")] if command == "synth" else \
+        ["speed", str(path), "--quiet"]
+    code, output = run(capsys, *argv)
+    assert_refused(code, output, str(path), message)
+    assert len(output.strip().splitlines()) == 1, output
+    assert not MARKER.exists(), "the pickle payload ran"
+
+
+def test_resuming_train_on_a_damaged_checkpoint_names_it(glow_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(glow_checkpoint.parent, out)
+    _truncated(out, glow_checkpoint).replace(out / "checkpoint.pt")
+    code, output = run(capsys, "train", "glow-tts", "--steps", "4", "--val-every", "0", "--quiet", "--out", str(out))
+    assert_refused(code, output, str(out / "checkpoint.pt"), "not a readable checkpoint")
+
+
+OPTION_CASES = {
+    "--steps 0": (["train", "glow-tts", "--steps", "0"], "--steps: must be at least 1, got 0"),
+    "--steps -1": (["train", "glow-tts", "--steps", "-1"], "--steps: must be at least 1, got -1"),
+    "--log-every 0": (["train", "glow-tts", "--log-every", "0"], "--log-every: must be at least 1"),
+    "--checkpoint-every 0": (["train", "glow-tts", "--checkpoint-every", "0"], "--checkpoint-every: must be at least 1"),
+    "--steps ten": (["train", "glow-tts", "--steps", "ten"], "--steps: expected an integer, got 'ten'"),
+    "--retries -1": (["run", SMOKE, "--retries", "-1"], "--retries: must be at least 0"),
+    "--parallel 0": (["run", SMOKE, "--parallel", "0"], "--parallel: must be at least 1"),
+    "--repeats 0": (["speed", "x.pt", "--repeats", "0"], "--repeats: must be at least 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_option_values_are_checked_before_any_work(case, tmp_path, capsys):
+    argv, message = OPTION_CASES[case]
+    code, output = run(capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] in ("train", "run") else []))
+    assert_refused(code, output, message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_system_and_bad_set_value(tmp_path, capsys):
+    code, output = run(capsys, "train", "glow-ttz", "--out", str(tmp_path / "o"))
+    assert_refused(code, output, "unknown system 'glow-ttz'; registered: dc-tts, fastspeech2-sniper")
+    code, output = run(capsys, "train", "glow-tts", "--set", "batch_size=sixteen", "--out", str(tmp_path / "o"))
+    assert_refused(code, output, "batch_size needs an integer, got 'sixteen'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda(tmp_path, capsys):
+    code, output = run(capsys, "train", "glow-tts", "--device", "cuda", "--steps", "1", "--out", str(tmp_path / "o"))
+    assert_refused(code, output, "device 'cuda' was asked for, but torch sees no CUDA device")
+
+
+def test_out_naming_a_file_or_an_unwritable_place(tmp_path, capsys):
+    existing = tmp_path / "file"
+    existing.write_text("x")
+    code, output = run(capsys, "train", "glow-tts", "--steps", "1", "--out", str(existing))
+    assert_refused(code, output, f"--out {existing}: exists and is not a folder")
+    code, output = run(capsys, "run", SMOKE, "--out", str(existing))
+    assert_refused(code, output, f"--out {existing}: exists and is not a folder")
+    code, output = run(capsys, "train", "glow-tts", "--steps", "1", "--out", str(existing / "below"))
+    assert_refused(code, output, str(existing / "below"))
+
+
+def test_resume_on_another_corpus_is_refused(glow_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(glow_checkpoint.parent, out)
+    other = tmp_path / "corpus"
+    shutil.copytree(embedded_corpus_path(), other)
+    metadata = other / "metadata.csv"
+    metadata.write_text(metadata.read_text("utf-8").replace("Printing", "Writing"), "utf-8")
+    code, output = run(capsys, "train", "glow-tts", "--steps", "4", "--val-every", "0", "--quiet",
+                       "--corpus", str(other), "--out", str(out))
+    assert_refused(code, output, "resuming would mix two corpora")
+    assert json.loads((out / "corpus.json").read_text("utf-8"))["path"].endswith("ljspeech-mini")
+
+
+def test_exploding_loss_is_divergence_and_says_whether_a_checkpoint_exists(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, output = run(capsys, "train", "tacotron-gradual", "--steps", "30", "--val-every", "0", "--quiet",
+                       "--checkpoint-every", "1000", "--set", "learning_rate=1e6", "--set", "grad_clip_norm=null",
+                       "--out", str(out))
+    assert code == 3 and "Traceback" not in output, output
+    assert "exploded" in output and "no checkpoint was written before it" in output, output
+    result = json.loads((out / "result.json").read_text("utf-8"))
+    assert result["state"] == "diverged" and result["checkpoint_step"] is None
+
+
+def _suite(tmp_path: Path, name: str, extra: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ncorpus: embedded\nbudget: {{steps: 1}}\n{extra}"
+                    "systems:\n  - {system: glow-tts}\n", "utf-8")
+    return path
+
+
+def test_duplicate_suite_keys_and_a_broken_corpus_fail_before_any_job(tmp_path, capsys):
+    code, output = run(capsys, "run", str(_suite(tmp_path, "a", "budget: {steps: 2}\n")), "--out", str(tmp_path / "o"))
+    assert_refused(code, output, "a.yaml:4: budget: key repeats in this mapping")
+    broken = tmp_path / "broken"
+    shutil.copytree(embedded_corpus_path(), broken)
+    (broken / "wavs" / "LJ001-0002.flac").unlink()
+    suite = tmp_path / "b.yaml"
+    suite.write_text(_suite(tmp_path, "b").read_text("utf-8").replace("embedded", str(broken)), "utf-8")
+    code, output = run(capsys, "run", str(suite), "--out", str(tmp_path / "o"))
+    assert_refused(code, output, f"{broken / 'metadata.csv'}:2: missing audio")
+    assert not (tmp_path / "o" / "jobs").exists()
+
+
+def test_a_refused_run_leaves_the_folder_byte_identical(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"run_id": "a-1", "suite": "a", "created": 0}), "utf-8")
+    (out / "suite.json").write_text('{"name": "a"}\n', "utf-8")
+    (out / ".lock").write_text("", "utf-8")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, output = run(capsys, "run", str(_suite(tmp_path, "b")), "--out", str(out))
+    assert_refused(code, output, "holds a run of suite 'a', not 'b'")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_metadata_with_a_byte_order_mark_passes(tmp_path, capsys):
+    copy = tmp_path / "corpus"
+    shutil.copytree(embedded_corpus_path(), copy)
+    metadata = copy / "metadata.csv"
+    metadata.write_bytes(b"\xef\xbb\xbf" + metadata.read_bytes())
+    code, output = run(capsys, "data", "check", str(copy))
+    assert code == 0 and "utterances: 24" in output, output
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_kept(monkeypatch, capsys):
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "_cmd_list", broken)
+    code, output = run(capsys, "list")
+    assert code == 1 and "Traceback" not in output, output
+    assert "unexpected ZeroDivisionError: division by zero" in output and "re-run with --debug" in output
+    kept = Path(output.split("traceback in ")[1].split(",")[0])
+    assert "Traceback" in kept.read_text("utf-8")

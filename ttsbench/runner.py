@@ -1,0 +1,143 @@
+"""Running a suite: the driver that owns the run folder while executors run its jobs.
+
+The stack runs one way: cli -> runner -> executors -> jobs -> train / metrics -> suite, models,
+data. Before anything is written the runner takes the folder's lock, makes (or finds) the
+corpus and checks it, and checks that the folder holds no other suite's run; then each job's
+outcome is recorded as it ends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pandas
+import torch
+
+import ttsbench
+from ttsbench.data import CorpusError, check_corpus
+from ttsbench.errors import RunStoreError, UserError
+from ttsbench.executors import make_executor
+from ttsbench.metrics.speed import environment
+from ttsbench.results import RunStore
+from ttsbench.suite import ExecutorSpec, Job, Suite
+from ttsbench.train import resolve_device
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    states: dict[str, str]  # job id -> state, for the jobs run now
+
+    @property
+    def failed(self) -> list[str]:
+        return [job for job, state in self.states.items() if state == "failed"]
+
+
+def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = None, progress: bool = True,
+              log: Callable[[str], Any] = print, skip_damaged: bool = False) -> RunSummary:
+    """Run every job of `suite` not yet done in `out`, recording each as it ends.
+
+    Re-running with the same `out` resumes: finished and diverged jobs are skipped, failed ones
+    run again, a job cut short resumes from its checkpoint. One `run_suite` at a time holds the
+    run folder's lock. A refused folder is left as it was.
+    """
+    spec = executor or suite.executor
+    runner = make_executor(spec)
+    store = RunStore(out, skip_damaged=skip_damaged)
+    if store.root.exists() and not store.root.is_dir():
+        raise RunStoreError(f"--out {store.root}: exists and is not a folder")
+    store.root.mkdir(parents=True, exist_ok=True)
+    with _locked(store.root):
+        check_suite_corpus(suite, progress)
+        jobs = suite.jobs()
+        store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
+        for line in store.damaged:
+            log(f"skipped: {line}")
+        store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
+        pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
+        log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
+            f"({runner.name} executor) -> {store.root}")
+        states: dict[str, str] = {}
+
+        def report(job: Job, outcome: dict[str, Any]) -> None:
+            tries = store.attempts(job.id)
+            store.record(job.to_dict(), outcome["state"], outcome["rows"], attempts=tries,
+                         seconds=outcome.get("seconds"), error=outcome.get("error"))
+            states[job.id] = outcome["state"]
+            took = f" in {outcome['seconds']:.0f} s" if outcome.get("seconds") else ""
+            detail = f": {outcome['error'].splitlines()[-1]}" if outcome.get("error") else ""
+            log(f"[{len(states)}/{len(pending)}] {job.id}: {outcome['state']}{took}, {len(outcome['rows'])} rows, "
+                f"{tries} attempt(s){detail}")
+
+        runner.run(pending, suite.to_dict(), str(store.root), report, progress)
+        return RunSummary(len(jobs), len(jobs) - len(pending), states)
+
+
+class _locked:
+    """The run folder's lock, so two drivers never write one folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.handle: IO[str] | None = None
+
+    def __enter__(self) -> None:
+        self.handle = (self.root / ".lock").open("a")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise UserError(f"another `ttsbench run` is using {self.root}") from None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def check_suite_corpus(suite: Suite, progress: bool) -> None:
+    """Make a synthetic corpus if needed and check the corpus before the first job, so a broken
+    one fails once, naming every problem, instead of failing every job."""
+    location = suite.prepare_corpus(progress)
+    if location != "embedded" and not Path(location).is_dir():
+        raise UserError(f"{suite.path}: corpus {suite.corpus!r} is {location!r}, which is not a folder "
+                        "(set the variable or edit the suite)")
+    _, problems = check_corpus(location)
+    if problems:
+        raise CorpusError(problems)
+
+
+def run_environment(device: str, threads: int | None) -> dict[str, Any]:
+    """Versions, device, threads and commit: the conditions every number of a run holds for."""
+    if threads:
+        torch.set_num_threads(threads)
+    info = environment(resolve_device(device))
+    info.update(
+        ttsbench=ttsbench.__version__,
+        pandas=pandas.__version__,
+        platform=platform.platform(),
+        cpu_count=os.cpu_count(),
+        commit=_source_commit(),
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    return info
+
+
+def _source_commit() -> str:
+    """The git commit of the ttsbench source, '+dirty' with uncommitted changes, or 'unknown'."""
+    source = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) or "unknown"
