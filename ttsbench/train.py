@@ -38,7 +38,7 @@ from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.quality import mel_l1_dtw, score_pair, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
-from ttsbench.models import DEVICES, read_checkpoint
+from ttsbench.models import DEVICES, load_weights, read_checkpoint
 from ttsbench.models.base import TTSModel
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
 
@@ -432,8 +432,8 @@ class Trainer:
         log_path, val_path = self.folder.log, self.folder.val
         if self.folder.checkpoint.is_file():
             checkpoint = read_checkpoint(self.folder.checkpoint, self.device, self.model.name)
+            load_weights(self.model, checkpoint["model"], self.folder.checkpoint)
             try:
-                self.model.load_state_dict(checkpoint["model"])
                 for name, optimizer in optimizers.items():
                     optimizer.load_state_dict(checkpoint["optimizers"][name])
                 torch.set_rng_state(checkpoint["torch_rng"].cpu())

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import json
 import pickle
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
@@ -37,6 +38,7 @@ __all__ = [
     "override_problems",
     "read_checkpoint",
     "load_checkpoint",
+    "load_weights",
     "DEVICES",
     "PRESETS",
 ]
@@ -155,12 +157,12 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu", system
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unsupported content"
-        raise CheckpointError(f"{path}: refused: it holds Python objects that a weights-only load does not "
-                              f"run ({reason[:160]}); it was not executed") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch file: "
-                              f"{first_line(err, 160)})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused: it holds Python objects{what} beyond tensors and plain data, "
+                              "which a weights-only load does not run; it was not executed") from None
+    except (RuntimeError, EOFError, OSError, ValueError):
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, or not a file torch.save wrote)") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise CheckpointError(f"{path}: not a ttsbench checkpoint (lacks {', '.join(missing)})")
@@ -177,10 +179,23 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     try:
         cls = get(checkpoint["system"])
         model = build(checkpoint["system"], cls.Config.from_dict(checkpoint["config"]))
-        model.load_state_dict(checkpoint["model"])
     except UnknownSystemError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: its weights do not fit system {checkpoint['system']!r} "
-                              f"({first_line(err)})") from None
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: its config does not fit system {checkpoint['system']!r} ({first_line(err)})") from None
+    load_weights(model, checkpoint["model"], path)
     return model.to(device).eval(), checkpoint
+
+
+def load_weights(model: TTSModel, weights: Mapping[str, Any], path: str | Path) -> None:
+    """`model.load_state_dict`, or CheckpointError saying how the weights in `path` do not fit:
+    a relabelled checkpoint of another system lacks the model's weights and has others."""
+    try:
+        fit = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), first_line(err))
+        raise CheckpointError(f"{path}: its weights do not fit system {model.name!r} ({mismatch[:200]})") from None
+    if fit.missing_keys or fit.unexpected_keys:
+        example = (fit.missing_keys or fit.unexpected_keys)[0]
+        raise CheckpointError(f"{path}: its weights do not fit system {model.name!r} (lacks {len(fit.missing_keys)} "
+                              f"of its weights, has {len(fit.unexpected_keys)} it does not know, e.g. {example!r})")
