@@ -216,3 +216,21 @@ def test_ray_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp
     ray_rows = row_keys(RunStore(out).results())
     assert len(ray_rows) == len(set(ray_rows))
     assert set(ray_rows) == set(row_keys(RunStore(smoke_run).results()))
+
+
+def test_report_names_a_damaged_results_line_and_can_skip_it(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    lines = (run / "results.jsonl").read_text("utf-8").splitlines()
+    lines[2] = lines[2][: len(lines[2]) // 2]  # a line cut in the middle, with rows after it
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+    refused = run_cli("report", str(run), "--out", str(tmp_path / "report"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"{run / 'results.jsonl'}:3: damaged row: not JSON" in refused.stderr
+    skipped = run_cli("report", str(run), "--out", str(tmp_path / "report"), "--skip-damaged")
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"left out: {run / 'results.jsonl'}:3: damaged row" in skipped.stderr
+    assert (tmp_path / "report" / "index.html").is_file()
+    torn = "\n".join(lines[:2] + lines[3:]) + "\n" + lines[2]  # the same cut as the last line: a torn write
+    (run / "results.jsonl").write_text(torn, "utf-8")
+    assert run_cli("report", str(run), "--out", str(tmp_path / "report")).returncode == 0

@@ -269,7 +269,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     out = args.out or str(Path("reports") / Path(args.run).resolve().name)
     index = build_report(args.run, out, benchmarks=args.benchmarks, price_per_hour=args.price_per_hour,
-                         readme=args.readme, skip_damaged=args.skip_damaged)
+                         readme=args.readme, skip_damaged=args.skip_damaged,
+                         log=lambda line: print(line, file=sys.stderr))
     print(f"report: {index} (and results.csv beside it)")
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,14 +289,15 @@ def benchmark_table(path: Path | None) -> list[dict[str, Any]]:
 
 def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None = None,
                  price_per_hour: float | None = None, readme: str | Path | None = None,
-                 skip_damaged: bool = False) -> Path:
-    """Write OUT/index.html, OUT/results.csv and OUT/summary.md from the run folder RUN."""
+                 skip_damaged: bool = False, log: Callable[[str], object] = print) -> Path:
+    """Write OUT/index.html, OUT/results.csv and OUT/summary.md from the run folder RUN; with
+    `skip_damaged`, each damaged results line left out is named through `log`."""
     store = RunStore(run, skip_damaged=skip_damaged)
     if not store.results_path.is_file():
         raise RunStoreError(f"{store.root} holds no results.jsonl: run a suite into it first (ttsbench run)")
     results = store.results()
     for line in store.damaged:
-        warnings.warn(f"left out: {line}", stacklevel=2)
+        log(f"left out: {line}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = store.jobs()
