@@ -45,7 +45,7 @@ def clip(embedded_corpus) -> tuple[np.ndarray, int, str]:
 def test_intrusive_scores_are_perfect_on_the_clip_itself(clip):
     audio, rate, _ = clip
     names = ["mcd", "f0_rmse", "f0_gpe", "vuv_error", "mel_l1_dtw", "pesq", "stoi"]
-    scores = quality.score_pair(audio, audio, rate, metrics=names)
+    scores = quality.score(audio, audio, rate, metrics=names).values
     assert scores["mcd"] == scores["f0_rmse"] == scores["f0_gpe"] == scores["vuv_error"] == 0.0
     assert scores["mel_l1_dtw"] == 0.0
     assert scores["pesq"] > 4.4
@@ -56,7 +56,7 @@ def test_mcd_and_pesq_worsen_monotonically_with_noise(clip):
     audio, rate, _ = clip
     levels = [30, 20, 10, 0]  # dB SNR, cleanest first
     names = ["mcd", "pesq", "stoi"]
-    scores = [quality.score_pair(audio, with_noise(audio, snr), rate, metrics=names) for snr in levels]
+    scores = [quality.score(audio, with_noise(audio, snr), rate, metrics=names).values for snr in levels]
     mcd = [s["mcd"] for s in scores]
     pesq = [s["pesq"] for s in scores]
     stoi = [s["stoi"] for s in scores]
@@ -75,7 +75,7 @@ def test_time_alignment_is_exact_on_identity_and_undoes_retiming(clip):
     speed_curve = 0.8 * (1 + 0.2 * np.sin(2 * np.pi * out_centres / quality.EVAL_RATE / 0.7))
     source = np.cumsum(speed_curve) * hop - speed_curve[0] * hop
     slower = quality.wsola(audio16, source[source < len(audio16)], hop, 2 * hop, 40).astype(np.float32)
-    aligned = quality.score_pair(audio16, slower, quality.EVAL_RATE, metrics=["stoi", "pesq"])
+    aligned = quality.score(audio16, slower, quality.EVAL_RATE, metrics=["stoi", "pesq"]).values
     from pystoi import stoi
 
     unaligned = stoi(audio16, slower[: len(audio16)], quality.EVAL_RATE)
@@ -86,15 +86,15 @@ def test_time_alignment_is_exact_on_identity_and_undoes_retiming(clip):
 def test_vocoder_ceiling_sits_between_the_clip_and_noise(clip):
     audio, rate, _ = clip
     ceiling = quality.vocoder_ceiling(audio, rate, metrics=["mcd", "pesq"])
-    noisy = quality.score_pair(audio, with_noise(audio, 0), rate, metrics=["mcd", "pesq"])
+    noisy = quality.score(audio, with_noise(audio, 0), rate, metrics=["mcd", "pesq"]).values
     assert 0 < ceiling["mcd"] < noisy["mcd"]
     assert 4.4 > ceiling["pesq"] > noisy["pesq"]
 
 
 def test_wer_of_the_recording_is_far_below_wer_against_a_wrong_text(clip):
     audio, rate, text = clip
-    right = quality.score_pair(None, audio, rate, text, metrics=["wer", "cer"])
-    wrong = quality.score_pair(None, audio, rate, WRONG_TEXT, metrics=["wer", "cer"])
+    right = quality.score(None, audio, rate, text, metrics=["wer", "cer"]).values
+    wrong = quality.score(None, audio, rate, WRONG_TEXT, metrics=["wer", "cer"]).values
     assert right["wer"] <= 0.1 and right["cer"] < 0.1
     assert wrong["wer"] >= 0.9 and wrong["cer"] > right["cer"] + 0.4
 
@@ -110,8 +110,8 @@ def test_dnsmos_runs_offline_and_ranks_the_recording_above_noise(embedded_corpus
     # 4.5 s: DNSMOS doubles it once to reach its 9.01 s window and scores one window (the
     # 1.9 s clip would be doubled to 15.2 s and scored in six).
     audio, rate = sf.read(embedded_corpus.by_id()["LJ001-0011"].audio_path, dtype="float32")
-    clean = quality.score_pair(None, audio, rate, metrics=["dnsmos_ovrl", "dnsmos_bak"])
-    noisy = quality.score_pair(None, with_noise(audio, 0), rate, metrics=["dnsmos_ovrl", "dnsmos_bak"])
+    clean = quality.score(None, audio, rate, metrics=["dnsmos_ovrl", "dnsmos_bak"]).values
+    noisy = quality.score(None, with_noise(audio, 0), rate, metrics=["dnsmos_ovrl", "dnsmos_bak"]).values
     assert clean["dnsmos_ovrl"] > noisy["dnsmos_ovrl"] + 1 and clean["dnsmos_bak"] > noisy["dnsmos_bak"] + 1
 
 

@@ -125,7 +125,7 @@ def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedd
     """validation.metrics: the trainer logs MCD of the vocoded validation synthesis, and
     `validate` gives exactly what scoring that synthesis by hand gives."""
     from ttsbench.audio import read_mono
-    from ttsbench.metrics.quality import score_pair
+    from ttsbench.metrics.quality import score
     from ttsbench.train import SPLIT_SEED, load_model_examples, pad_values, validate
 
     train(tacotron(), embedded_corpus, tmp_path, options(2, val_every=2, val_utterances=1, val_metrics=("mcd",)))
@@ -142,7 +142,7 @@ def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedd
         synthesis = model.infer(torch.from_numpy(examples[0].text_ids))
     audio = synthesis.to_audio()
     rate = synthesis.output_audio_config.sample_rate
-    expected = score_pair(read_mono(utterance.audio_path, rate)[0], audio, rate, utterance.text, ["mcd"])["mcd"]
+    expected = score(read_mono(utterance.audio_path, rate)[0], audio, rate, utterance.text, ["mcd"]).values["mcd"]
     assert metrics["mcd"] == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="one recording per validation example"):
         validate(model, examples, pad_values(model), torch.device("cpu"), [], ["mcd"])

@@ -36,7 +36,7 @@ from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, Use
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
-from ttsbench.metrics.quality import mel_l1_dtw, score_pair, summarise, unheard
+from ttsbench.metrics.quality import mel_l1_dtw, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.models import DEVICES, load_weights, read_checkpoint
 from ttsbench.models.base import TTSModel
@@ -219,7 +219,7 @@ def validate(
             rate = synthesis.output_audio_config.sample_rate
             recording, _ = read_mono(recordings[index], rate)
             try:
-                scored.append(score_pair(recording, audio, rate, example.text, audio_metrics, speaker, example.id))
+                scored.append(score(recording, audio, rate, example.text, audio_metrics, speaker, example.id).values)
             except ValueError:  # no audio, or too little to analyse: no score, not a failed run
                 scored.append(unheard(example.text, audio_metrics).values)
         add("length_ratio", synthesis.num_frames / len(reference))

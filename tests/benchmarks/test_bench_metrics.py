@@ -3,7 +3,7 @@
 The pair is the recording against its own mel through Griffin-Lim (the vocoder ceiling), so
 DTW and the alignment do real work. Each measure is timed alone, so it pays for the analyses
 it needs (WORLD features and the DTW path for the intrusive ones; both sides' resampling);
-`all` shows what `score_pair` costs when measures share them. `extra_info` holds seconds per
+`all` shows what `score` costs when measures share them. `extra_info` holds seconds per
 audio second (median). ASR and DNSMOS are loaded in the fixture, outside the timing. Run with
 `pytest tests/benchmarks/test_bench_metrics.py --benchmark-only`.
 """
@@ -30,16 +30,16 @@ def pair(embedded_corpus) -> tuple[np.ndarray, np.ndarray, int, str, SpeakerRefe
     speaker = SpeakerReference.from_audio({u.id: sf.read(u.audio_path, dtype="float32")
                                            for u in embedded_corpus.utterances[:4]})
     # compiles DTW, loads the ASR, the speaker encoder and DNSMOS
-    quality.score_pair(audio, synthesis, rate, utterance.text, speaker=speaker)
+    quality.score(audio, synthesis, rate, utterance.text, speaker=speaker)
     return audio, synthesis, rate, utterance.text, speaker
 
 
 def _run(benchmark, pair, names: list[str]) -> None:
     audio, synthesis, rate, text, speaker = pair
     scores = benchmark.pedantic(
-        quality.score_pair, args=(audio, synthesis, rate, text, names, speaker), rounds=3, iterations=1, warmup_rounds=0
+        quality.score, args=(audio, synthesis, rate, text, names, speaker), rounds=3, iterations=1, warmup_rounds=0
     )
-    assert set(names) <= set(scores)  # error rates add their counts
+    assert set(names) <= set(scores.values)  # error rates add their counts
     benchmark.extra_info["audio_seconds"] = round(len(audio) / rate, 3)
     benchmark.extra_info["seconds_per_audio_second"] = round(benchmark.stats.stats.median / (len(audio) / rate), 4)
 

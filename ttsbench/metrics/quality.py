@@ -565,19 +565,6 @@ def unheard(text: str | None, metrics: Iterable[str]) -> Scores:
     return Scores(values, "" if any(METRICS[n].counts for n in metrics) else None)
 
 
-def score_pair(
-    reference_audio: np.ndarray | None,
-    synthesis_audio: np.ndarray,
-    sample_rate: int,
-    text: str | None = None,
-    metrics: Iterable[str] | None = None,
-    speaker: SpeakerReference | None = None,
-    utterance: str | None = None,
-) -> dict[str, float]:
-    """`score(...)`'s values alone."""
-    return score(reference_audio, synthesis_audio, sample_rate, text, metrics, speaker, utterance).values
-
-
 def griffin_lim_copy(audio: np.ndarray, sample_rate: int, config: AudioConfig | None = None) -> np.ndarray:
     """The recording's own mel through the harness's Griffin-Lim: a perfect acoustic model's output."""
     config = config or AudioConfig(sample_rate=sample_rate, fmax=min(8000.0, sample_rate / 2))
@@ -598,7 +585,7 @@ def vocoder_ceiling(
     The gap between a system and this ceiling is the acoustic model's; the gap between this
     ceiling and a perfect score is the vocoder's.
     """
-    return score_pair(audio, griffin_lim_copy(audio, sample_rate, config), sample_rate, text, metrics)
+    return score(audio, griffin_lim_copy(audio, sample_rate, config), sample_rate, text, metrics).values
 
 
 def rate_counts(rows: Iterable[Mapping[str, float]], name: str) -> tuple[list[float], list[float]]:
