@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class RunStore:
         self.root = Path(root)
         self.skip_damaged = skip_damaged
         self.damaged: list[str] = []
+        self._row_counts: Counter[str] = Counter()  # readable rows per job, as of the last read
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -137,10 +139,8 @@ class RunStore:
                 f"job {job_id} in {self.root} was run with config {entry['config_hash']}, the suite now gives "
                 f"{config_hash}; use a new --out folder"
             )
-        if self.damaged and entry.get("rows") is not None:
-            stored = sum(1 for row in self._read_rows() if row.get("job") == job_id)
-            if stored != entry["rows"]:
-                return False
+        if self.damaged and entry.get("rows") is not None and self._row_counts.get(job_id, 0) != entry["rows"]:
+            return False
         return entry["state"] in DONE_STATES
 
     def record(self, job: Mapping[str, Any], state: str, rows: Iterable[Mapping[str, Any]], **info: Any) -> None:
@@ -180,6 +180,7 @@ class RunStore:
             elif not (index == last and not text.endswith("\n")):  # a torn last line: a crash mid-write
                 damaged.append(f"{self.results_path}:{index + 1}: damaged row: {problem}")
         self.damaged = damaged
+        self._row_counts = Counter(row["job"] for row in rows)
         if damaged and not self.skip_damaged:
             raise RunStoreError("\n".join(damaged + [
                 "fix or delete the line(s) named, or pass --skip-damaged (`ttsbench report` then leaves them "

@@ -316,7 +316,7 @@ class TrainState:
     network_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "network_seconds": dict(self.network_seconds)}
+        return asdict(self)  # copies network_seconds too
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainState":
@@ -390,6 +390,7 @@ class Trainer:
         self.options = options
         self.device = resolve_device(options.device)
         self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
+        self.saved_step: int | None = None  # the step of checkpoint.pt, once one is loaded or written
 
     # ---- the folder: what a resume must match --------------------------------------------------
     def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainState) -> None:
@@ -405,6 +406,7 @@ class Trainer:
             },
             self.folder.checkpoint,
         )
+        self.saved_step = state.step
 
     def _check_folder(self) -> None:
         """Refuse a folder of another system, config, seed or corpus before anything is written."""
@@ -440,6 +442,7 @@ class Trainer:
             except (RuntimeError, KeyError, ValueError) as err:
                 raise CheckpointError(f"{self.folder.checkpoint}: cannot resume from it ({first_line(err)})") from None
             state = TrainState.from_dict(checkpoint["state"])
+            self.saved_step = state.step
             atomic_write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] < state.step])
             atomic_write_jsonl(val_path, [r for r in read_jsonl(val_path) if r["step"] <= state.step])
             return state
@@ -558,8 +561,7 @@ class Trainer:
 
     def _record_divergence(self, err: TrainingDiverged, state: TrainState) -> None:
         """The diverged step in the log and result.json, and whether a checkpoint is left."""
-        saved = read_checkpoint(self.folder.checkpoint, "cpu", self.model.name)["step"] if (
-            self.folder.checkpoint.is_file()) else None
+        saved = self.saved_step
         err.checkpoint = (f"the last good checkpoint (step {saved}) is kept in {self.folder.checkpoint}"
                           if saved is not None else "no checkpoint was written before it")
         with self.folder.log.open("a", encoding="utf-8") as log:
