@@ -42,5 +42,13 @@ report: install
 readme-table: install
 	$(BIN)/ttsbench report $(RUN) --out reports/$(notdir $(RUN)) --readme README.md
 
+# The data path at LJSpeech's utterance count: a corpus of the 13,100 real ids and texts with ~1 s
+# of cheap audio each, then data prepare (1 and 2 workers, cached), a job's memory and first step.
+SCALE_CORPUS ?= runs/scale/LJSpeech-1.1
+.PHONY: scale-bench
+scale-bench: install
+	$(BIN)/python scripts/scale_corpus.py $(SCALE_CORPUS)
+	$(BIN)/python scripts/scale_bench.py $(SCALE_CORPUS) --out runs/scale/scale_bench.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

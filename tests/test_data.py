@@ -157,7 +157,7 @@ def test_collate_pads_to_frame_multiple_with_masks(embedded_corpus):
     assert batch.text_mask.sum(1).tolist() == [len(e.text_ids) for e in examples]
     shortest = int(np.argmin(lengths))
     assert torch.all(batch.mel[shortest, lengths[shortest] :] == silence)
-    assert torch.equal(batch.mel[0, : lengths[0]], torch.from_numpy(examples[0].features["mel"]))
+    assert torch.equal(batch.mel[0, : lengths[0]], torch.from_numpy(np.array(examples[0].features["mel"])))
 
 
 def test_bucket_batches_cover_everything_once_and_group_lengths():

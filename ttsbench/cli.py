@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ttsbench import models
 from ttsbench.audio import read_mono, save_audio
-from ttsbench.data import AUDIO_SUFFIXES, EMBEDDED, cache_root, check_corpus, load_corpus
+from ttsbench.data import AUDIO_SUFFIXES, EMBEDDED, cache_root, check_corpus, default_cache_dir
 from ttsbench.errors import OptionError, UserError, first_line
 from ttsbench.metrics.quality import METRICS, resolve_metrics, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
@@ -28,6 +28,7 @@ from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, summari
 from ttsbench.metrics.stats import Interval, mean_interval
 from ttsbench.models import load_checkpoint
 from ttsbench.models.base import DEVICES, PRESETS
+from ttsbench.prepare import feature_requests, prepare_corpus
 from ttsbench.report import build_report
 from ttsbench.runner import run_suite
 from ttsbench.suite import EXECUTOR_TYPES, load_suite
@@ -51,6 +52,14 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     print(f"total duration: {total:.1f} s ({total / 3600:.2f} h)")
     print("sample rates: " + ", ".join(f"{sr} Hz x {n}" for sr, n in sorted(rates.items())))
     print(f"split: {'standard LJSpeech' if corpus.is_full_ljspeech else 'seeded by count'}")
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    systems = args.systems.split(",") if args.systems else models.names()
+    configs = [(system, models.config_for(system, args.preset)) for system in systems]
+    corpus, summary = prepare_corpus(args.path, feature_requests(configs), args.workers, not args.quiet)
+    print(f"{corpus.name}: {summary} -> {default_cache_dir()}")
     return 0
 
 
@@ -85,7 +94,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     config = models.config_for(args.system, args.preset, args.set or [])
-    corpus = load_corpus(args.corpus)
+    corpus, _ = prepare_corpus(args.corpus, feature_requests([(args.system, config)]), progress=not args.quiet)
     model = models.build(args.system, config, seed=args.seed)
     options = TrainOptions(
         steps=args.steps,
@@ -308,12 +317,20 @@ _positive, _non_negative = _at_least(1), _at_least(0)
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    """`data check`, `data stats` and `corpus make`: corpora in and out."""
+    """`data check`, `data prepare`, `data stats` and `corpus make`: corpora in and out."""
     data = sub.add_parser("data", help="inspect an LJSpeech-format corpus")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="validate a corpus; exit 2 listing every problem")
     check.add_argument("path", nargs="?", default=EMBEDDED, help="corpus folder, or 'embedded' (default)")
     check.set_defaults(func=_cmd_data_check)
+    prepare = data_sub.add_parser("prepare", help="compute the features of every utterance ahead of training "
+                                  "(process pool; resumable)")
+    prepare.add_argument("path", nargs="?", default=EMBEDDED, help="corpus folder, or 'embedded' (default)")
+    prepare.add_argument("--systems", help="comma-separated systems whose features to compute (default: all)")
+    prepare.add_argument("--preset", choices=PRESETS, default="tiny", help="their preset (default tiny)")
+    prepare.add_argument("--workers", type=_positive, help="processes (default: every core)")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
+    prepare.set_defaults(func=_cmd_data_prepare)
     stats = data_sub.add_parser("stats", help="durations, text lengths and characters")
     stats.add_argument("path", nargs="?", default=EMBEDDED, help="corpus folder, or 'embedded' (default)")
     stats.set_defaults(func=_cmd_data_stats)

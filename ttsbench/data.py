@@ -8,16 +8,17 @@ fixes a broken corpus in one pass instead of one crash at a time.
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import io
 import os
 import random
 import unicodedata
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig, linear_spectrogram, load_audio, mel_spectrogram
 from ttsbench.errors import UserError
+from ttsbench.fileindex import FileKey, file_index, file_key, flush_all
 from ttsbench.fileio import atomic_path
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
@@ -90,6 +92,7 @@ class Corpus:
         hasher = hashlib.blake2b(digest_size=12)
         for utterance in sorted(self.utterances, key=lambda u: u.id):
             hasher.update(f"{utterance.id}|{utterance.text}|{file_digest(utterance.audio_path)}\n".encode())
+        flush_all()
         return hasher.hexdigest()
 
     def by_id(self) -> dict[str, Utterance]:
@@ -168,6 +171,8 @@ def _find_audio(wav_dir: Path, utt_id: str) -> Path | None:
 SILENCE_DBFS = -60.0
 _UTF8_BOM = b"\xef\xbb\xbf"
 _READ_BLOCK_FRAMES = 1 << 18  # ~12 s at 22.05 kHz: one read for an LJSpeech clip, bounded memory for a long file
+SCAN_FACT = "audio-scan-1"  # the file index's name for a `_scan_audio` result: bump when that changes
+DIGEST_FACT = "blake2b-12"  # ... and for a file's content digest
 _NO_SIZE = 0xFFFFFFFF  # data-chunk size written by streaming WAV writers that never knew the length
 
 
@@ -232,6 +237,11 @@ def _scan_audio(path: Path) -> _AudioScan:
     if path.suffix.lower() == ".wav":
         declared = max(declared, _wav_declared_frames(path) or 0)
     return _AudioScan(sample_rate, declared, frames, peak, non_finite, first_bad, error)
+
+
+def _cached_scan(path: Path) -> _AudioScan:
+    """`_scan_audio` of a file, read from the file index when this version of it was scanned before."""
+    return _AudioScan(**file_index(cache_root()).lookup(path, SCAN_FACT, lambda p: asdict(_scan_audio(p))))
 
 
 def _audio_defects(path: Path, scan: _AudioScan, min_seconds: float, max_seconds: float) -> list[str]:
@@ -325,6 +335,7 @@ def check_corpus(
 
     if not utterances and not problems:
         problem(1, "metadata.csv lists no utterances")
+    flush_all()
     return Corpus(root, utterances), problems
 
 
@@ -369,7 +380,7 @@ def _audio_entry(wav_dir: Path, utt_id: str, min_seconds: float,
     if audio_path is None:
         return f"missing audio: {wav_dir / (utt_id + '.wav')} does not exist"
     try:
-        scan = _scan_audio(audio_path)
+        scan = _cached_scan(audio_path)
     except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
         return f"unreadable audio {audio_path}: {str(err).strip()}"
     if scan.declared_frames == 0:
@@ -432,14 +443,52 @@ def default_cache_dir() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """Content hash of a file, computed once per process for each (path, size, mtime)."""
-    stat = path.stat()
-    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    """Content hash of a file, computed once per version of it (the file index keeps it)."""
+    return file_index(cache_root()).lookup(path, DIGEST_FACT, _hash_file)
 
 
-@functools.lru_cache(maxsize=None)
-def _content_digest(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.blake2b(Path(path).read_bytes(), digest_size=12).hexdigest()
+def corpus_audio_files(path: str | Path) -> list[Path]:
+    """The audio file of each metadata line that has one, before any validation: what a pool of
+    workers reads ahead of `check_corpus` (see `file_facts`)."""
+    root = resolve_corpus_path(path)
+    try:
+        content = (root / "metadata.csv").read_bytes()
+    except OSError:
+        return []  # check_corpus reports it
+    entries = (_metadata_entry(raw) for raw in content.removeprefix(_UTF8_BOM).splitlines())
+    found = (_find_audio(root / "wavs", entry[0]) for entry in entries if isinstance(entry, tuple))
+    return [audio for audio in found if audio is not None]
+
+
+def facts_unknown(paths: Sequence[Path]) -> list[Path]:
+    """The files whose scan and digest the file index does not hold for their current version."""
+    index = file_index(cache_root())
+    return [path for path in paths if not index.has(path, (SCAN_FACT, DIGEST_FACT))]
+
+
+def file_facts(path: Path) -> tuple[FileKey, dict[str, Any]]:
+    """One read of a file: its audio scan and content digest, for the version it was read at
+    (computed in a worker, then stored by `remember_facts`). No facts for a file that cannot be
+    opened: `check_corpus` reports that itself."""
+    key = file_key(path)
+    try:
+        return key, {SCAN_FACT: asdict(_scan_audio(path)), DIGEST_FACT: _hash_file(path)}
+    except Exception:  # noqa: BLE001 - soundfile raises several types for broken files
+        return key, {}
+
+
+def remember_facts(key: FileKey, facts: Mapping[str, Any]) -> None:
+    index = file_index(cache_root())
+    for kind, value in facts.items():
+        index.store(key, kind, value)
+
+
+def _hash_file(path: Path) -> str:
+    hasher = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -448,13 +497,71 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def _load_cached(path: Path) -> np.ndarray | None:
-    """A cached feature array, or None when the file is damaged (it is then recomputed)."""
+_NPY_HEADER_BYTES = 1024  # np.save pads a header to 64 bytes; ours are 128, a longer one reads as damaged
+
+
+def cached_frames(path: Path) -> int | None:
+    """Frames (first dimension) of a cached feature file from its header alone; None when the
+    file is missing or damaged (its header unreadable, or its data shorter than the header says),
+    so that it is computed again instead of failing a job mid-training."""
     try:
-        return np.load(path)
+        descriptor = os.open(path, os.O_RDONLY)
+        try:  # one read of the header's first bytes, not the buffered 8 KiB of open()
+            head, size = io.BytesIO(os.pread(descriptor, _NPY_HEADER_BYTES, 0)), os.fstat(descriptor).st_size
+        finally:
+            os.close(descriptor)
+        version = np.lib.format.read_magic(head)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(head)
+        complete = size >= head.tell() + int(np.prod(shape)) * dtype.itemsize
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError, EOFError) as err:
         warnings.warn(f"{path}: damaged feature cache file ({err}); computing it again", stacklevel=2)
         return None
+    if not complete or not shape:
+        warnings.warn(f"{path}: damaged feature cache file (truncated); computing it again", stacklevel=2)
+        return None
+    return int(shape[0])
+
+
+class FeatureFiles(MutableMapping):
+    """An utterance's cached features, mapped from their .npy files at each access.
+
+    Nothing is copied into memory until a batch is collated, so a job's resident size is that of
+    a batch whatever the corpus size (13,100 LJSpeech clips are ~15 GB of linear spectrograms);
+    the OS page cache, shared by every job, keeps the hot files. A kind assigned an array keeps
+    that array in memory instead.
+    """
+
+    def __init__(self, files: Mapping[str, tuple[Path, int]] | None = None):
+        self._items: dict[str, Path | np.ndarray] = {kind: path for kind, (path, _) in (files or {}).items()}
+        self._frames: dict[str, int] = {kind: frames for kind, (_, frames) in (files or {}).items()}
+
+    def __getitem__(self, kind: str) -> np.ndarray:
+        item = self._items[kind]
+        return np.load(item, mmap_mode="r") if isinstance(item, Path) else item
+
+    def __setitem__(self, kind: str, array: np.ndarray) -> None:
+        self._items[kind] = array
+        self._frames[kind] = int(array.shape[0])
+
+    def __delitem__(self, kind: str) -> None:
+        del self._items[kind], self._frames[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def frames(self, kind: str) -> int:
+        return self._frames[kind]
+
+    def include(self, other: "FeatureFiles") -> None:
+        """Add another front end's kinds (by reference: nothing is loaded)."""
+        self._items.update(other._items)
+        self._frames.update(other._frames)
 
 
 class FeatureCache:
@@ -464,26 +571,36 @@ class FeatureCache:
         self.config = config
         self.root = (root or default_cache_dir()) / config.digest()
 
-    def path(self, audio_path: Path, kind: str) -> Path:
-        return self.root / f"{file_digest(audio_path)}.{kind}.npy"
+    def path(self, audio_path: Path, kind: str, digest: str | None = None) -> Path:
+        return self.root / f"{digest or file_digest(audio_path)}.{kind}.npy"
 
-    def get(self, audio_path: Path, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    def missing(self, audio_path: Path, kinds: Sequence[str], digest: str | None = None) -> list[str]:
+        """The kinds not cached yet (or damaged) for this file."""
+        return [k for k in kinds if cached_frames(self.path(audio_path, k, digest)) is None]
+
+    def compute(self, audio_path: Path, kinds: Sequence[str], digest: str | None = None) -> None:
+        """Compute and store `kinds` of one file (what `ttsbench data prepare`'s workers run)."""
         unknown = [k for k in kinds if k not in FEATURES]
         if unknown:
             raise KeyError(f"unknown feature kind(s) {unknown}; known: {sorted(FEATURES)}")
+        audio = load_audio(audio_path, self.config)
+        for kind in kinds:
+            atomic_save_npy(self.path(audio_path, kind, digest), FEATURES[kind](audio, self.config).astype(np.float32))
+
+    def files(self, audio_path: Path, kinds: Sequence[str]) -> FeatureFiles:
+        """The file's features, computing whatever is missing or damaged first."""
         digest = file_digest(audio_path)
-        paths = {k: self.root / f"{digest}.{k}.npy" for k in kinds}
-        out: dict[str, np.ndarray] = {}
-        audio: np.ndarray | None = None
-        for kind, path in paths.items():
-            if path.is_file() and (cached := _load_cached(path)) is not None:
-                out[kind] = cached
-                continue
-            if audio is None:
-                audio = load_audio(audio_path, self.config)
-            out[kind] = FEATURES[kind](audio, self.config).astype(np.float32)
-            atomic_save_npy(path, out[kind])
-        return out
+        paths = {k: self.path(audio_path, k, digest) for k in kinds}
+        frames = {k: cached_frames(p) for k, p in paths.items()}
+        if missing := [k for k, n in frames.items() if n is None]:
+            self.compute(audio_path, missing, digest)
+            frames.update({k: cached_frames(paths[k]) for k in missing})
+        return FeatureFiles({k: (p, frames[k] or 0) for k, p in paths.items()})
+
+    def get(self, audio_path: Path, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+        """The file's features as arrays in memory."""
+        files = self.files(audio_path, kinds)
+        return {kind: np.array(files[kind]) for kind in kinds}
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,14 +609,27 @@ class FeatureCache:
 
 @dataclass
 class Example:
+    """One utterance as training sees it: text ids and its features (mapped from the cache, or
+    arrays in memory)."""
+
     id: str
     text: str
     text_ids: np.ndarray
-    features: dict[str, np.ndarray]
+    features: MutableMapping[str, np.ndarray]
 
     @property
     def num_frames(self) -> int:
-        return int(next(iter(self.features.values())).shape[0])
+        kind = next(iter(self.features))
+        if isinstance(self.features, FeatureFiles):
+            return self.features.frames(kind)
+        return int(self.features[kind].shape[0])
+
+    def include(self, other: "Example") -> None:
+        """Add another front end's features of the same utterance (by reference when mapped)."""
+        if isinstance(self.features, FeatureFiles) and isinstance(other.features, FeatureFiles):
+            self.features.include(other.features)
+        else:
+            self.features.update(other.features)
 
 
 def load_examples(
@@ -510,13 +640,18 @@ def load_examples(
     cache: FeatureCache | None = None,
     progress: bool = True,
 ) -> list[Example]:
-    """Text ids and cached features for each utterance, with a progress bar."""
+    """Text ids and cached features for each utterance, with a progress bar.
+
+    Features not cached yet are computed here, one file at a time; `ttsbench data prepare` (and
+    `ttsbench run` before its jobs) computes them in a process pool first.
+    """
     processor = processor or TextProcessor()
     cache = cache or FeatureCache(config)
     examples = []
     for utt in tqdm(utterances, desc="features", unit="utt", disable=not progress, leave=False):
         ids = np.asarray(processor.encode(utt.text), dtype=np.int64)
-        examples.append(Example(utt.id, utt.text, ids, cache.get(utt.audio_path, kinds)))
+        examples.append(Example(utt.id, utt.text, ids, cache.files(utt.audio_path, kinds)))
+    flush_all()
     return examples
 
 
@@ -551,17 +686,17 @@ class Batch:
     def frame_mask(self) -> torch.Tensor:
         return sequence_mask(self.frame_lengths, self.mel.shape[1])
 
-    def to(self, device: torch.device | str) -> "Batch":
-        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-        return Batch(
-            self.ids,
-            self.texts,
-            self.text_ids.to(device),
-            self.text_lengths.to(device),
-            move(self.features),
-            self.frame_lengths.to(device),
-            self.frame_multiple,
-        )
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory, from which a CUDA copy can overlap compute."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        features = {k: function(v) for k, v in self.features.items()}
+        return Batch(self.ids, self.texts, function(self.text_ids), function(self.text_lengths), features,
+                     function(self.frame_lengths), self.frame_multiple)
 
 
 def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Running a suite: the driver that owns the run folder while executors run its jobs.
 
-The stack runs one way: cli -> runner -> executors -> jobs -> train / metrics -> suite, models,
-data. Before anything is written the runner takes the folder's lock, makes (or finds) the
-corpus and checks it, and checks that the folder holds no other suite's run; then each job's
-outcome is recorded as it ends.
+The stack runs one way: cli -> runner -> executors -> jobs -> train / metrics / prepare -> suite,
+models, data. Before anything is written the runner takes the folder's lock, makes (or finds) the
+corpus and checks it, and checks that the folder holds no other suite's run; before the jobs it
+computes every feature they need in one process pool; then each job's outcome is recorded as it
+ends.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,10 +23,12 @@ import pandas
 import torch
 
 import ttsbench
-from ttsbench.data import CorpusError, check_corpus
+from ttsbench.data import Corpus, CorpusError, check_corpus
 from ttsbench.errors import RunStoreError, UserError
 from ttsbench.executors import make_executor
 from ttsbench.metrics.speed import environment
+from ttsbench.models import config_for
+from ttsbench.prepare import Requests, Workers, feature_requests, prepare_features, read_corpus_files
 from ttsbench.results import RunStore
 from ttsbench.suite import ExecutorSpec, Job, Suite
 from ttsbench.train import resolve_device
@@ -57,13 +60,16 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
         raise RunStoreError(f"--out {store.root}: exists and is not a folder")
     store.root.mkdir(parents=True, exist_ok=True)
     with _locked(store.root):
-        check_suite_corpus(suite, progress)
-        jobs = suite.jobs()
-        store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
-        for line in store.damaged:
-            log(f"skipped: {line}")
-        store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
-        pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
+        with Workers(progress=progress) as workers:  # the pool ends before the first job starts
+            corpus = check_suite_corpus(suite, workers)
+            jobs = suite.jobs()
+            store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
+            for line in store.damaged:
+                log(f"skipped: {line}")
+            store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
+            pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
+            if pending:
+                log(f"{suite.name}: {prepare_features(corpus, job_features(pending), workers)}")
         log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
             f"({runner.name} executor) -> {store.root}")
         states: dict[str, str] = {}
@@ -102,16 +108,26 @@ class _locked:
             self.handle.close()
 
 
-def check_suite_corpus(suite: Suite, progress: bool) -> None:
+def check_suite_corpus(suite: Suite, workers: Workers) -> Corpus:
     """Make a synthetic corpus if needed and check the corpus before the first job, so a broken
-    one fails once, naming every problem, instead of failing every job."""
-    location = suite.prepare_corpus(progress)
+    one fails once, naming every problem, instead of failing every job. Its files are read in
+    the pool first, so the check itself finds every file's scan done."""
+    location = suite.prepare_corpus(workers.progress)
     if location != "embedded" and not Path(location).is_dir():
         raise UserError(f"{suite.path}: corpus {suite.corpus!r} is {location!r}, which is not a folder "
                         "(set the variable or edit the suite)")
-    _, problems = check_corpus(location)
+    read_corpus_files(location, workers)
+    corpus, problems = check_corpus(location)
     if problems:
         raise CorpusError(problems)
+    return corpus
+
+
+def job_features(jobs: Sequence[Job]) -> Requests:
+    """Every feature the training jobs among `jobs` need, for one preparation pass before them
+    (on this machine's cache: jobs on other Ray nodes compute what their node lacks)."""
+    return feature_requests((job.system, config_for(job.system, job.preset, job.overrides))
+                            for job in jobs if job.kind == "train")
 
 
 def run_environment(device: str, threads: int | None) -> dict[str, Any]:

@@ -6,15 +6,18 @@ a phonemiser would be one more moving part that differs between toolkits.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import inflect
 from unidecode import unidecode
 
 from ttsbench.errors import UserError
+
+if TYPE_CHECKING:
+    import inflect
 
 PAD = "_"
 EOS = "~"
@@ -52,11 +55,19 @@ _POUNDS = re.compile(r"£([0-9,]*[0-9]+)")
 _DOLLARS = re.compile(r"\$([0-9.,]*[0-9]+)")
 _ORDINAL = re.compile(r"([0-9]+)(st|nd|rd|th)\b")
 _NUMBER = re.compile(r"[0-9]+")
-_inflect = inflect.engine()
+
+
+@functools.lru_cache(maxsize=1)
+def _inflect() -> inflect.engine:
+    """inflect's engine, made on first use: importing inflect takes ~3 s (its type checking),
+    which every process (each job, each feature worker) would otherwise pay at startup."""
+    import inflect
+
+    return inflect.engine()
 
 
 def _number_words(text: str) -> str:
-    words = _inflect.number_to_words(text, andword="")
+    words = _inflect().number_to_words(text, andword="")
     return words.replace(",", "")
 
 
@@ -87,7 +98,7 @@ def expand_numbers(text: str) -> str:
     text = _POUNDS.sub(lambda m: f"{m.group(1)} pounds", text)
     text = _DOLLARS.sub(_dollars, text)
     text = _DECIMAL.sub(lambda m: m.group(1).replace(".", " point "), text)
-    text = _ORDINAL.sub(lambda m: _inflect.number_to_words(_inflect.ordinal(m.group(1))).replace(",", ""), text)
+    text = _ORDINAL.sub(lambda m: _inflect().number_to_words(_inflect().ordinal(m.group(1))).replace(",", ""), text)
     return _NUMBER.sub(_year_or_number, text)
 
 

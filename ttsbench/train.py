@@ -22,7 +22,8 @@ import random
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def load_model_examples(model: TTSModel, utterances: Sequence, progress: bool) -
             merged = examples
         else:
             for target, extra in zip(merged, examples):
-                target.features.update(extra.features)
+                target.include(extra)
     return merged or []
 
 
@@ -151,11 +152,42 @@ class LazyBatches(Sequence):
         return self.collate(self.plan[index])
 
     def collate(self, indices: Sequence[int]) -> Batch:
-        """The examples at `indices` as one padded batch on the device."""
-        return collate([self.examples[i] for i in indices], self.frame_multiple, self.pads).to(self.device)
+        """The examples at `indices` as one padded batch on the device (through pinned memory
+        on CUDA, so the copy runs while the GPU computes)."""
+        batch = collate([self.examples[i] for i in indices], self.frame_multiple, self.pads)
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     def lengths(self) -> list[int]:
         return [e.num_frames for e in self.examples]
+
+
+class Prefetcher:
+    """Collates the next step's batch on a background thread while the current step trains.
+
+    Only the collation moves off the training thread: which batch comes next is still decided in
+    order by the epoch plan, so the data order, hence every loss, is that of collating in line.
+    """
+
+    def __init__(self, batches: LazyBatches):
+        self.batches = batches
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttsbench-batches")
+        self.pending: tuple[tuple[int, ...], Future[Batch]] | None = None
+
+    def ahead(self, indices: Sequence[int]) -> None:
+        """Start collating the batch of `indices` (the next step's)."""
+        self.pending = (tuple(indices), self.pool.submit(self.batches.collate, indices))
+
+    def take(self, indices: Sequence[int]) -> Batch:
+        """The batch of `indices`: the one prepared ahead when it is that one, else collated now."""
+        pending, self.pending = self.pending, None
+        if pending is not None and pending[0] == tuple(indices):
+            return pending[1].result()
+        return self.batches.collate(indices)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
@@ -259,31 +291,52 @@ def duration_change(folder: TrainFolder, step: int, maps: Mapping[str, np.ndarra
     return float(np.mean(diffs)) if diffs else None
 
 
+AMP_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(amp: str, device: torch.device) -> torch.autocast:
+    """The mixed-precision context of a training forward pass (a no-op when `amp` is off)."""
+    return torch.autocast(device.type, dtype=AMP_TYPES.get(amp, torch.bfloat16), enabled=amp != "off")
+
+
+def gradient_scaler(model: TTSModel, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type) if model.config.amp == "fp16" else None
+
+
 def optimizer_update(model: TTSModel, network: str, optimizer: torch.optim.Optimizer, batch: Batch,
-                     step: int) -> dict[str, float]:
+                     step: int, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One optimizer step of one network (the trainer's, and what the benchmarks time).
 
     Returns its loss parts and its gradient norm; raises TrainingDiverged on a non-finite loss
-    or gradient norm before the step changes any weight.
+    or gradient norm before the step changes any weight. With an fp16 `scaler` a non-finite
+    gradient is the scaler's signal instead: it skips that step and lowers its scale.
     """
     config = model.config
     optimizer.zero_grad(set_to_none=True)
-    if model.networks == ("model",):
-        losses = model.training_step(batch, step)
-    else:
-        losses = model.training_step(batch, step, network)
+    with autocast(config.amp, batch.text_ids.device):
+        if model.networks == ("model",):
+            losses = model.training_step(batch, step)
+        else:
+            losses = model.training_step(batch, step, network)
     loss = losses["loss"]
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"loss is {float(loss.detach())}", step)
-    loss.backward()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     with_grad = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if config.grad_clip_value is not None:
         torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value)
     max_norm = config.grad_clip_norm if config.grad_clip_norm is not None else math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
-    if not math.isfinite(grad_norm):
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif not math.isfinite(grad_norm):
         raise TrainingDiverged(f"{network} gradient norm is {grad_norm}", step)
-    optimizer.step()
+    else:
+        optimizer.step()
     return {**{k: _to_float(v) for k, v in losses.items()}, "grad_norm": round(grad_norm, 6)}
 
 
@@ -341,6 +394,13 @@ class EpochPlan:
         self.batches = bucket_batches(self.lengths, batch_size, self.seed * 100_003 + epoch)
         self._built_for = (batch_size, epoch)
 
+    def peek(self, state: TrainState, batch_size: int) -> list[int]:
+        """The indices `next_batch` would give next, leaving `state` and the plan as they are."""
+        built = self._built_for, self.batches
+        indices = self.next_batch(replace(state), batch_size)
+        self._built_for, self.batches = built
+        return indices
+
     def next_batch(self, state: TrainState, batch_size: int) -> list[int]:
         """Indices of the next batch; advances `state` (position, and epoch at a new plan)."""
         if state.plan_batch_size and self._built_for != (state.plan_batch_size, state.epoch):
@@ -391,6 +451,8 @@ class Trainer:
         self.device = resolve_device(options.device)
         self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
         self.saved_step: int | None = None  # the step of checkpoint.pt, once one is loaded or written
+        scalers = {network: gradient_scaler(model, self.device) for network in model.networks}
+        self.scalers = {network: scaler for network, scaler in scalers.items() if scaler is not None}
 
     # ---- the folder: what a resume must match --------------------------------------------------
     def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainState) -> None:
@@ -400,6 +462,7 @@ class Trainer:
                 "config": self.model.config.to_dict(),
                 "model": self.model.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "scalers": {name: scaler.state_dict() for name, scaler in self.scalers.items()},
                 "torch_rng": torch.get_rng_state(),
                 "step": state.step,
                 "state": state.to_dict(),
@@ -438,6 +501,8 @@ class Trainer:
             try:
                 for name, optimizer in optimizers.items():
                     optimizer.load_state_dict(checkpoint["optimizers"][name])
+                for name, scaler in self.scalers.items():
+                    scaler.load_state_dict(checkpoint.get("scalers", {})[name])
                 torch.set_rng_state(checkpoint["torch_rng"].cpu())
             except (RuntimeError, KeyError, ValueError) as err:
                 raise CheckpointError(f"{self.folder.checkpoint}: cannot resume from it ({first_line(err)})") from None
@@ -468,14 +533,15 @@ class Trainer:
         losses: dict[str, float] = {}
         for network, optimizer in optimizers.items():
             started = time.perf_counter()
-            parts = optimizer_update(self.model, network, optimizer, batch, step)
+            parts = optimizer_update(self.model, network, optimizer, batch, step, self.scalers.get(network))
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - started
             state.seconds += elapsed
             label = "" if len(optimizers) == 1 else f"{network} "
             self.guard.check(f"{label}loss", parts["loss"], step)
-            self.guard.check(f"{label}gradient norm", parts["grad_norm"], step)
+            if network not in self.scalers or math.isfinite(parts["grad_norm"]):  # fp16: the scaler's skip
+                self.guard.check(f"{label}gradient norm", parts["grad_norm"], step)
             if len(optimizers) == 1:
                 losses.update(parts)
                 continue
@@ -508,6 +574,8 @@ class Trainer:
         val_recordings = [u.audio_path for u in val_utts]  # load_model_examples keeps their order
         schedules = training_schedules(model)
         model.to(self.device)
+        if model.config.compile:
+            model.compile_networks()
         optimizers = build_optimizers(model)
         state = self._resume_or_start(optimizers, schedules, train_set)
         try:
@@ -528,6 +596,7 @@ class Trainer:
         losses: dict[str, float] = {}
         bar = tqdm(total=options.steps, initial=state.step, desc=self.model.name, unit="step",
                    disable=not options.progress)  # a pure wall-time budget has no known step count
+        prefetch = Prefetcher(train_set)
         self.model.train()
         try:
             with self.folder.log.open("a", encoding="utf-8") as log:
@@ -535,7 +604,9 @@ class Trainer:
                 for step in range(state.step, state.step if spent else last_step):
                     values = {k: _to_float(s(step)) for k, s in schedules.items()}
                     self._apply_values(optimizers, values)
-                    batch = train_set.collate(plan.next_batch(state, int(values["batch_size"])))
+                    batch = prefetch.take(plan.next_batch(state, int(values["batch_size"])))
+                    if step + 1 < last_step:
+                        prefetch.ahead(plan.peek(state, int(_to_float(schedules["batch_size"](step + 1)))))
                     losses = self._update_networks(optimizers, batch, step, state)
                     self.model.after_optimizer_step(step)
                     state.samples += len(batch)
@@ -556,6 +627,7 @@ class Trainer:
                     if out_of_time:
                         break
         finally:
+            prefetch.close()
             bar.close()
         return losses
 

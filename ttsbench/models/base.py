@@ -49,6 +49,12 @@ class ModelConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float | None = 1.0
     grad_clip_value: float | None = None
+    # Mixed precision of the training forward pass (torch.autocast; fp16 adds a gradient scaler).
+    # Meant for CUDA; off by default, and on CPU it stays off unless measured faster there.
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    # torch.compile each network's forward in place, with dynamic shapes (batches vary in length);
+    # parameter names, hence checkpoints, are unchanged. Compiling costs minutes on the first steps.
+    compile: bool = False
 
     @classmethod
     def tiny(cls) -> "ModelConfig":
@@ -281,7 +287,13 @@ class TTSModel(nn.Module, ABC):
 
     def feature_audio_configs(self) -> dict[str, AudioConfig]:
         """Audio settings per feature kind; defaults to the config's front end for all."""
-        return {kind: self.config.audio for kind in self.feature_kinds}
+        return self.features_for(self.config)
+
+    @classmethod
+    def features_for(cls, config: ModelConfig) -> dict[str, AudioConfig]:
+        """The feature kinds a model of this config trains on, each with its front end: what
+        `ttsbench data prepare` computes before a job, without building the model."""
+        return {kind: config.audio for kind in cls.feature_kinds}
 
     def warmup_batches_needed(self) -> int:
         """How many training batches `on_train_start` wants (SNIP scores over k batches)."""
@@ -299,6 +311,15 @@ class TTSModel(nn.Module, ABC):
 
     def after_optimizer_step(self, step: int) -> None:
         """Hook after each update (e.g. re-apply sparsity masks)."""
+
+    def compile_networks(self) -> None:
+        """torch.compile the forward of every top-level module in place (config `compile`).
+
+        In place, so parameter names and checkpoints stay those of the eager model; dynamic
+        shapes, because every batch has its own lengths.
+        """
+        for module in self.children():
+            module.compile(dynamic=True)
 
     # ---- inference --------------------------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,113 @@
+"""Measure the data path at LJSpeech's utterance count (issue #18's figures) into a results file.
+
+On a corpus written by `scripts/scale_corpus.py`, each step a fresh process with its own feature
+cache, so nothing is warm that a user's first run would not have warm (but the audio is read
+into the page cache before each run, so that the runs compare computing, not disk reads):
+
+1. `ttsbench data prepare` with 1 worker, then with 2 workers (fresh caches): wall seconds and ratio;
+2. the same `data prepare` again on the 2-worker cache: everything found cached;
+3. a tacotron-gradual job (`ttsbench train`, 1 step, 1 thread) on that warm cache: peak resident
+   memory (of the job's process tree) and seconds from launch to the end of the first step.
+
+    python scripts/scale_bench.py CORPUS [--systems tacotron-gradual] [--out runs/scale/scale_bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ttsbench
+
+TTSBENCH = [sys.executable, "-m", "ttsbench"]
+
+
+def run_measured(command: list[str], cache: Path) -> dict[str, Any]:
+    """Run one command with its own cache; wall seconds, peak RSS (MB) and exit status."""
+    env = {**os.environ, "TTSBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    launched = time.time()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{output}")
+    return {"command": " ".join(command[2:]), "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "launched": launched, "output": output.strip()[-400:]}
+
+
+def read_audio_once(corpus: Path) -> None:
+    """Bring every clip into the OS page cache, so that each timed run reads from memory, not
+    from the disk: otherwise the first run pays for reading the corpus and the next ones don't."""
+    for path in (corpus / "wavs").iterdir():
+        path.read_bytes()
+
+
+def prepare(corpus: Path, systems: str, workers: int, cache: Path) -> dict[str, Any]:
+    read_audio_once(corpus)
+    return run_measured([*TTSBENCH, "data", "prepare", str(corpus), "--systems", systems, "--workers", str(workers),
+                         "--quiet"], cache)
+
+
+def first_step(corpus: Path, cache: Path, work: Path) -> dict[str, Any]:
+    """A tacotron-gradual job on a warm cache: its memory, and when its first step ended."""
+    out = work / "tacotron-job"
+    shutil.rmtree(out, ignore_errors=True)
+    result = run_measured([*TTSBENCH, "train", "tacotron-gradual", "--corpus", str(corpus), "--steps", "1",
+                           "--threads", "1", "--val-every", "0", "--quiet", "--out", str(out)], cache)
+    result["first_step_seconds"] = round((out / "log.jsonl").stat().st_mtime - result["launched"], 2)
+    return result
+
+
+def measure(corpus: Path, systems: str, work: Path) -> dict[str, Any]:
+    serial_cache, parallel_cache = work / "cache-1-worker", work / "cache-2-workers"
+    for cache in (serial_cache, parallel_cache):
+        shutil.rmtree(cache, ignore_errors=True)
+    one = prepare(corpus, systems, 1, serial_cache)
+    two = prepare(corpus, systems, 2, parallel_cache)
+    again = prepare(corpus, systems, 2, parallel_cache)
+    job = first_step(corpus, parallel_cache, work)
+    return {
+        "corpus": str(corpus), "utterances": sum(1 for line in (corpus / "metadata.csv").open() if line.strip()),
+        "systems": systems.split(","), "prepare_1_worker": one, "prepare_2_workers": two,
+        "speedup_2_workers": round(one["seconds"] / two["seconds"], 3), "prepare_cached": again,
+        "tacotron_job": job,
+        "environment": {"ttsbench": ttsbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
+                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path, help="an LJSpeech-1.1 folder (scripts/scale_corpus.py writes one)")
+    parser.add_argument("--systems", default="tacotron-gradual", help="systems whose features are prepared")
+    parser.add_argument("--out", type=Path, default=Path("runs/scale/scale_bench.json"), help="results file")
+    parser.add_argument("--work", type=Path, help="scratch folder for the caches (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ttsbench-scale-"))
+    results = measure(args.corpus.resolve(), args.systems, work)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
+    job = results["tacotron_job"]
+    print(f"prepare: 1 worker {results['prepare_1_worker']['seconds']} s, 2 workers "
+          f"{results['prepare_2_workers']['seconds']} s ({results['speedup_2_workers']}x), cached again "
+          f"{results['prepare_cached']['seconds']} s; tacotron job: peak RSS {job['peak_rss_mb']} MB, first step "
+          f"{job['first_step_seconds']} s after launch -> {args.out}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

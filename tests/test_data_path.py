@@ -1,0 +1,196 @@
+"""The scalable data path: the file index, memory-mapped features, the preparation pool and
+prefetched batches, and that training computes what it computed before them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ttsbench import data, models, prepare
+from ttsbench.cli import main
+from ttsbench.data import FeatureCache, FeatureFiles, check_corpus, collate, load_examples
+from ttsbench.errors import UserError
+from ttsbench.fileindex import FileIndex
+from ttsbench.prepare import Workers, feature_requests, prepare_corpus, prepare_features
+from ttsbench.train import EpochPlan, LazyBatches, Prefetcher, TrainOptions, TrainState, train
+
+BEFORE = json.loads((Path(__file__).parent / "data" / "losses_before_data_path.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("system", sorted(BEFORE["systems"]))
+def test_losses_are_those_of_the_in_memory_data_path(system: str, embedded_corpus, tmp_path: Path) -> None:
+    """Same seed, same losses as before features were mapped and batches prefetched."""
+    model = models.build(system, models.config_for(system, "tiny"), seed=0)
+    options = TrainOptions(steps=4, seed=0, val_every=0, checkpoint_every=100, progress=False, threads=1)
+    train(model, embedded_corpus, tmp_path, options)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text("utf-8").splitlines()]
+    before = BEFORE["systems"][system]
+    assert len(rows) == len(before)
+    for now, then in zip(rows, before):
+        for key, value in then.items():
+            assert now[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (system, now["step"], key)
+
+
+def _write_clip(path: Path, seconds: float = 0.5, level: float = 0.5) -> None:
+    t = np.arange(int(22050 * seconds)) / 22050
+    sf.write(path, (level * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050, subtype="PCM_16")
+
+
+def test_file_index_keeps_facts_per_file_version(tmp_path: Path) -> None:
+    clip = tmp_path / "a.wav"
+    _write_clip(clip)
+    calls: list[Path] = []
+
+    def size(path: Path) -> int:
+        calls.append(path)
+        return path.stat().st_size
+
+    index = FileIndex(tmp_path / "files.sqlite")
+    first = index.lookup(clip, "size", size)
+    assert index.lookup(clip, "size", size) == first and len(calls) == 1
+    index.flush()
+    assert FileIndex(tmp_path / "files.sqlite").lookup(clip, "size", size) == first and len(calls) == 1  # on disk
+    _write_clip(clip, seconds=0.7)  # a new version: new size and mtime
+    assert FileIndex(tmp_path / "files.sqlite").lookup(clip, "size", size) != first and len(calls) == 2
+
+
+def test_check_corpus_reads_each_file_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "wavs").mkdir()
+    for name in ("a", "b"):
+        _write_clip(tmp_path / "wavs" / f"{name}.wav")
+    (tmp_path / "metadata.csv").write_text("a|one two|one two\nb|three|three\n", "utf-8")
+    scans: list[Path] = []
+    real_scan = data._scan_audio
+    monkeypatch.setattr(data, "_scan_audio", lambda path: scans.append(path) or real_scan(path))
+    assert check_corpus(tmp_path)[1] == [] and len(scans) == 2
+    assert check_corpus(tmp_path)[1] == [] and len(scans) == 2  # both facts came from the index
+    _write_clip(tmp_path / "wavs" / "b.wav", seconds=0.6, level=5e-4)  # edited: now near-silent
+    problems = check_corpus(tmp_path)[1]
+    assert len(scans) == 3 and len(problems) == 1 and "near-silent" in problems[0].message
+
+
+def test_features_are_mapped_not_copied(embedded_corpus, tmp_path: Path) -> None:
+    utterances = embedded_corpus.utterances[:3]
+    cache = FeatureCache(models.get("glow-tts").Config.tiny().audio, tmp_path)
+    examples = load_examples(utterances, cache.config, kinds=("mel",), cache=cache, progress=False)
+    mel = examples[0].features["mel"]
+    assert isinstance(examples[0].features, FeatureFiles) and isinstance(mel, np.memmap)
+    assert examples[0].num_frames == mel.shape[0]
+    batch = collate(examples)
+    assert torch.equal(batch.mel[0, : examples[0].num_frames], torch.from_numpy(np.array(mel)))
+
+
+def test_a_truncated_feature_file_is_computed_again(embedded_corpus, tmp_path: Path) -> None:
+    utterance = embedded_corpus.utterances[0]
+    cache = FeatureCache(models.get("glow-tts").Config.tiny().audio, tmp_path)
+    whole = cache.get(utterance.audio_path, ["mel"])["mel"]
+    path = cache.path(utterance.audio_path, "mel")
+    path.write_bytes(path.read_bytes()[:-100])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.missing(utterance.audio_path, ["mel"]) == ["mel"]
+        again = cache.get(utterance.audio_path, ["mel"])["mel"]
+    assert any("damaged feature cache" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(again, whole)
+
+
+def test_prepare_in_a_pool_computes_what_a_job_would(embedded_corpus, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two spawned workers (chunks made small so the 24 clips reach the pool); then nothing is
+    left to do, and the files equal those computed in this process."""
+    monkeypatch.setattr(prepare, "MAX_CHUNK", 4)
+    requests = feature_requests([("tacotron-gradual", models.config_for("tacotron-gradual", "tiny"))])
+    with Workers(2, progress=False) as workers:
+        summary = prepare_features(embedded_corpus, requests, workers, root=tmp_path / "pool")
+        assert summary.computed == len(embedded_corpus) and summary.workers == 2
+        assert prepare_features(embedded_corpus, requests, workers, root=tmp_path / "pool").computed == 0
+    (config, kinds), = requests.items()
+    for utterance in embedded_corpus.utterances[:4]:
+        pooled = FeatureCache(config, tmp_path / "pool").get(utterance.audio_path, kinds)
+        inline = FeatureCache(config, tmp_path / "inline").get(utterance.audio_path, kinds)
+        for kind in kinds:
+            np.testing.assert_array_equal(pooled[kind], inline[kind])
+
+
+def test_prepare_names_a_file_it_cannot_compute_and_keeps_the_rest(embedded_corpus, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = embedded_corpus.utterances[1].audio_path
+    real = data.load_audio
+
+    def load(path, config):  # noqa: ANN001, ANN202 - the signature of data.load_audio
+        if Path(path) == broken:
+            raise RuntimeError("decoder exploded")
+        return real(path, config)
+
+    monkeypatch.setattr(data, "load_audio", load)
+    requests = {models.get("glow-tts").Config.tiny().audio: ("mel",)}
+    with Workers(1, progress=False) as workers, pytest.raises(UserError) as raised:
+        prepare_features(embedded_corpus, requests, workers, root=tmp_path)
+    assert f"{broken}: RuntimeError: decoder exploded" in str(raised.value)
+    assert "1 of 24 files" in str(raised.value)
+    assert len(list(tmp_path.rglob("*.mel.npy"))) == len(embedded_corpus) - 1
+
+
+def test_data_prepare_command_then_everything_cached(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "prepare", "embedded", "--systems", "glow-tts", "--workers", "1", "--quiet"]) == 0
+    assert main(["data", "prepare", "embedded", "--systems", "glow-tts", "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "features of 24 utterances: 0 computed, 24 already cached" in last
+
+
+def test_prepare_corpus_validates_after_reading_in_the_pool(tmp_path: Path) -> None:
+    (tmp_path / "wavs").mkdir()
+    _write_clip(tmp_path / "wavs" / "a.wav")
+    (tmp_path / "wavs" / "b.wav").write_bytes(b"RIFF not audio")
+    (tmp_path / "metadata.csv").write_text("a|one|one\nb|two|two\n", "utf-8")
+    with pytest.raises(data.CorpusError) as raised:
+        prepare_corpus(tmp_path, {}, workers=1, progress=False)
+    assert "metadata.csv:2: unreadable audio" in str(raised.value)
+
+
+def test_prefetched_batches_are_the_in_order_batches(embedded_corpus) -> None:
+    """Peeking ahead (and across an epoch and a batch-size change) never alters the plan."""
+    lengths = [u.num_samples for u in embedded_corpus.utterances]
+    sizes = [3] * 12 + [5] * 10
+    inline_plan, ahead_plan = EpochPlan(lengths, seed=1), EpochPlan(lengths, seed=1)
+    inline_state, ahead_state = TrainState(), TrainState()
+    inline = [inline_plan.next_batch(inline_state, size) for size in sizes]
+    ahead = []
+    for step, size in enumerate(sizes):
+        ahead.append(ahead_plan.next_batch(ahead_state, size))
+        if step + 1 < len(sizes):
+            assert ahead_plan.peek(ahead_state, sizes[step + 1]) == inline[step + 1]
+    assert ahead == inline and ahead_state == inline_state
+
+
+def test_prefetcher_gives_the_batch_asked_for(embedded_corpus) -> None:
+    cache = FeatureCache(models.get("glow-tts").Config.tiny().audio)
+    examples = load_examples(embedded_corpus.utterances[:6], cache.config, cache=cache, progress=False)
+    batches = LazyBatches([], examples, 1, {"mel": 0.0}, torch.device("cpu"))
+    prefetch = Prefetcher(batches)
+    try:
+        prefetch.ahead([0, 1])
+        assert prefetch.take([0, 1]).ids == [examples[0].id, examples[1].id]
+        prefetch.ahead([2, 3])
+        assert prefetch.take([4, 5]).ids == [examples[4].id, examples[5].id]  # not the one prepared
+    finally:
+        prefetch.close()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_is_in_the_config_hash(amp: str, embedded_corpus, tmp_path: Path) -> None:
+    """autocast runs on CPU too, so the path CUDA takes is exercised here: losses stay finite,
+    fp16's gradient scaler is checkpointed, and the option changes a suite job's hash."""
+    config = models.config_for("glow-tts", "tiny", [f"amp={amp}"])
+    model = models.build("glow-tts", config, seed=0)
+    result = train(model, embedded_corpus, tmp_path, TrainOptions(steps=3, val_every=0, progress=False, threads=1))
+    assert result.state == "finished" and np.isfinite(result.last_losses["loss"])
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ("model" in checkpoint["scalers"]) == (amp == "fp16")
+    assert config.to_dict()["amp"] == amp != models.config_for("glow-tts", "tiny").to_dict()["amp"]
