@@ -4,7 +4,8 @@ On a corpus written by `scripts/scale_corpus.py`, each step a fresh process with
 cache, so nothing is warm that a user's first run would not have warm (but the audio is read
 into the page cache before each run, so that the runs compare computing, not disk reads):
 
-1. `ttsbench data prepare` with 1 worker, then with 2 workers (fresh caches): wall seconds and ratio;
+1. `ttsbench data prepare` with 1 worker and with 2 workers (fresh caches), `--repeats` times each,
+   alternating which goes first: wall seconds, medians and their ratio;
 2. the same `data prepare` again on the 2-worker cache: everything found cached;
 3. a tacotron-gradual job (`ttsbench train`, 1 step, 1 thread) on that warm cache: peak resident
    memory (of the job's process tree) and seconds from launch to the end of the first step.
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,19 +73,30 @@ def first_step(corpus: Path, cache: Path, work: Path) -> dict[str, Any]:
     return result
 
 
-def measure(corpus: Path, systems: str, work: Path) -> dict[str, Any]:
-    serial_cache, parallel_cache = work / "cache-1-worker", work / "cache-2-workers"
-    for cache in (serial_cache, parallel_cache):
-        shutil.rmtree(cache, ignore_errors=True)
-    one = prepare(corpus, systems, 1, serial_cache)
-    two = prepare(corpus, systems, 2, parallel_cache)
+def prepare_pairs(corpus: Path, systems: str, work: Path, repeats: int) -> dict[int, list[dict[str, Any]]]:
+    """`repeats` runs each with 1 and 2 workers from an empty cache, alternating which goes
+    first; the last 2-worker cache is kept (work/cache-2-workers) for the cached run and the job."""
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for repeat in range(repeats):
+        for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
+            cache = work / f"cache-{workers}-workers"
+            shutil.rmtree(cache, ignore_errors=True)
+            runs[workers].append(prepare(corpus, systems, workers, cache))
+    shutil.rmtree(work / "cache-1-workers", ignore_errors=True)
+    return runs
+
+
+def measure(corpus: Path, systems: str, work: Path, repeats: int) -> dict[str, Any]:
+    runs = prepare_pairs(corpus, systems, work, repeats)
+    medians = {n: statistics.median(run["seconds"] for run in runs[n]) for n in runs}
+    parallel_cache = work / "cache-2-workers"
     again = prepare(corpus, systems, 2, parallel_cache)
     job = first_step(corpus, parallel_cache, work)
     return {
         "corpus": str(corpus), "utterances": sum(1 for line in (corpus / "metadata.csv").open() if line.strip()),
-        "systems": systems.split(","), "prepare_1_worker": one, "prepare_2_workers": two,
-        "speedup_2_workers": round(one["seconds"] / two["seconds"], 3), "prepare_cached": again,
-        "tacotron_job": job,
+        "systems": systems.split(","), "repeats": repeats, "prepare_1_worker": runs[1], "prepare_2_workers": runs[2],
+        "median_seconds_1_worker": medians[1], "median_seconds_2_workers": medians[2],
+        "speedup_2_workers": round(medians[1] / medians[2], 3), "prepare_cached": again, "tacotron_job": job,
         "environment": {"ttsbench": ttsbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
                         "cpu_count": os.cpu_count(), "platform": platform.platform()},
     }
@@ -95,14 +108,15 @@ def main() -> None:
     parser.add_argument("--systems", default="tacotron-gradual", help="systems whose features are prepared")
     parser.add_argument("--out", type=Path, default=Path("runs/scale/scale_bench.json"), help="results file")
     parser.add_argument("--work", type=Path, help="scratch folder for the caches (default: a temporary one)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs with each worker count (default 3)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ttsbench-scale-"))
-    results = measure(args.corpus.resolve(), args.systems, work)
+    results = measure(args.corpus.resolve(), args.systems, work, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
     job = results["tacotron_job"]
-    print(f"prepare: 1 worker {results['prepare_1_worker']['seconds']} s, 2 workers "
-          f"{results['prepare_2_workers']['seconds']} s ({results['speedup_2_workers']}x), cached again "
+    print(f"prepare (median of {args.repeats}): 1 worker {results['median_seconds_1_worker']} s, 2 workers "
+          f"{results['median_seconds_2_workers']} s ({results['speedup_2_workers']}x), cached again "
           f"{results['prepare_cached']['seconds']} s; tacotron job: peak RSS {job['peak_rss_mb']} MB, first step "
           f"{job['first_step_seconds']} s after launch -> {args.out}")
     if args.work is None:

@@ -14,8 +14,9 @@ import functools
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,13 +84,14 @@ def missing_work(corpus: Corpus, requests: Mapping[AudioConfig, Sequence[str]], 
 
 
 class Workers:
-    """A process pool, started on first use and shared by the passes of one preparation.
+    """N processes computing one pass: this one and a pool of N - 1, taking chunks from one queue.
 
-    Not forked from this process (a forked copy of a process that has run torch's thread pool
-    can hang): forked from a fork server that has imported only this module, so workers start
-    in milliseconds without re-importing the command line (spawn is the fallback where there is
-    no fork server). Each worker runs one thread, so N workers use N cores. Work small enough to
-    finish before a pool has started (the 24 embedded clips) runs in this process instead.
+    This process works too, so nothing waits while the pool starts (its processes import torch
+    first), and N workers keep N cores busy. The pool is started on first use and shared by the
+    passes of one preparation; its processes are forked from a fork server that has imported only
+    this module (not from this process: a forked copy of a process that has run torch's thread
+    pool can hang; spawn where there is no fork server). Each runs one thread. Work of a chunk or
+    less (the 24 embedded clips) never starts a pool.
     """
 
     def __init__(self, count: int | None = None, progress: bool = True):
@@ -109,19 +111,25 @@ class Workers:
         with tqdm(total=len(items), desc=desc, unit="file", disable=not self.progress or not items) as bar:
             if self.count == 1 or len(items) <= MAX_CHUNK:
                 return [result for chunk in _chunks(items, MAX_CHUNK) for result in _counted(function, chunk, bar)]
-            return self._in_pool(function, items, bar)
+            return self._shared(function, deque(_chunks(items, MAX_CHUNK)), bar)
 
-    def _in_pool(self, function: Callable[[Sequence[T]], list[R]], items: Sequence[T], bar: tqdm) -> list[R]:
+    def _shared(self, function: Callable[[Sequence[T]], list[R]], queue: deque[Sequence[T]], bar: tqdm) -> list[R]:
+        """Keep two chunks queued per pool process; this process takes the next chunk meanwhile."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.count, mp_context=_worker_context(), initializer=_init_worker)
-        size = max(1, min(MAX_CHUNK, len(items) // (self.count * 8)))
-        pending = {self._pool.submit(function, chunk): len(chunk) for chunk in _chunks(items, size)}
+            self._pool = ProcessPoolExecutor(self.count - 1, mp_context=_worker_context(), initializer=_init_worker)
+        pending: dict[Future, int] = {}
         results: list[R] = []
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
+        while queue or pending:
+            while queue and len(pending) < 2 * (self.count - 1):
+                chunk = queue.popleft()
+                pending[self._pool.submit(function, chunk)] = len(chunk)
+            for future in [f for f in pending if f.done()]:
                 results += future.result()
                 bar.update(pending.pop(future))
+            if queue:
+                results += _counted(function, queue.popleft(), bar)
+            elif pending:
+                wait(pending, return_when=FIRST_COMPLETED)
         return results
 
 
