@@ -194,3 +194,11 @@ def test_mixed_precision_trains_and_is_in_the_config_hash(amp: str, embedded_cor
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ("model" in checkpoint["scalers"]) == (amp == "fp16")
     assert config.to_dict()["amp"] == amp != models.config_for("glow-tts", "tiny").to_dict()["amp"]
+
+
+def test_compile_keeps_parameter_names_so_checkpoints_load_either_way() -> None:
+    model = models.build("glow-tts", models.config_for("glow-tts", "tiny", ["compile=true"]), seed=0)
+    eager = models.build("glow-tts", models.config_for("glow-tts", "tiny"), seed=0)
+    model.compile_networks()  # compiled lazily, at the first forward: nothing is compiled here
+    assert list(model.state_dict()) == list(eager.state_dict())
+    model.load_state_dict(eager.state_dict())
