@@ -49,6 +49,7 @@ from ttsbench.models.layers import (
     ChannelLayerNorm,
     DurationPredictor,
     FFTBlock,
+    Packing,
     ScaledPositionalEncoding,
     VariancePredictor,
     channel_mask,
@@ -244,11 +245,21 @@ class FFTStack(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.position_embedding(x, mask)
+        packing = Packing.build(mask, self.blocks[0].feed_forward.packing_gap) if len(self.blocks) else None
+        if packing is not None:  # the same blocks over the valid frames only (see `Packing`)
+            return packing.unpack(self._packed(packing.pack(x), packing))
         for block in self.blocks:
             x = block(x, mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x * mask
+
+    def _packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        for block in self.blocks:
+            x = block.forward_packed(x, packing)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x * packing.mask
 
 
 class DeepVariancePredictor(nn.Module):

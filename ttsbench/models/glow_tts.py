@@ -26,7 +26,14 @@ from ttsbench.align.mas import maximum_path
 from ttsbench.data import Batch
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
-from ttsbench.models.layers import ChannelLayerNorm, ConvFeedForward, DurationPredictor, channel_mask, durations_to_path
+from ttsbench.models.layers import (
+    ChannelLayerNorm,
+    ConvFeedForward,
+    DurationPredictor,
+    Packing,
+    channel_mask,
+    durations_to_path,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -190,10 +197,10 @@ class EncoderLayer(nn.Module):
         self.feed_forward_norm = ChannelLayerNorm(channels)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
         x = x * mask
         x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x, mask)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x, mask, packing)))
 
 
 class ResidualConvPrenet(nn.Module):
@@ -243,8 +250,9 @@ class TextEncoder(nn.Module):
         mask = channel_mask(text_lengths, text_ids.shape[1], x.dtype)
         if self.prenet is not None:
             x = self.prenet(x, mask)
+        packing = Packing.build(mask, self.layers[0].feed_forward.packing_gap) if len(self.layers) else None
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, packing)
         x = x * mask
         mean = self.project_mean(x) * mask
         log_std = torch.zeros_like(mean) if self.project_log_std is None else self.project_log_std(x) * mask
@@ -328,6 +336,7 @@ class WaveNet(nn.Module):
             last = i == num_layers - 1  # the last layer only feeds the skip path
             self.res_skip_layers.append(weight_norm(nn.Conv1d(channels, channels if last else 2 * channels, 1)))
         self.dropout = nn.Dropout(dropout)
+        self.packing_gap = max(layer.padding[0] for layer in self.in_layers)  # the widest dilated kernel's reach
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         skip = torch.zeros_like(x)
@@ -363,9 +372,18 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.end.weight)
         nn.init.zeros_(self.end.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False, packing: Packing | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With `packing` (of `mask`, gap >= the WaveNet's packing_gap) the network computing
+        (m, log s) runs on the valid frames only; every layer masks its input, so it is the same."""
         x_a, x_b = x.chunk(2, dim=1)
-        shift, log_scale = self.end(self.wavenet(self.start(x_a) * mask, mask)).chunk(2, dim=1)
+        if packing is None:
+            parameters = self.end(self.wavenet(self.start(x_a) * mask, mask))
+        else:
+            packed_mask = packing.mask
+            parameters = packing.unpack(self.end(self.wavenet(self.start(packing.pack(x_a)) * packed_mask, packed_mask)))
+        shift, log_scale = parameters.chunk(2, dim=1)
         if self.sigmoid_scale:
             log_scale = torch.log(1e-6 + torch.sigmoid(log_scale + 2))
         logdet = (log_scale * mask).sum(dim=(1, 2))
@@ -421,8 +439,13 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"flow input has {x.shape[2]} frames, not a multiple of n_sqz={self.n_sqz}")
         x, squeezed_mask = squeeze(x, mask, self.n_sqz)
         logdet_total = x.new_zeros(x.shape[0])
+        couplings = [flow for flow in self.flows if isinstance(flow, AffineCoupling)]
+        packing = Packing.build(squeezed_mask, couplings[0].wavenet.packing_gap) if couplings else None
         for flow in reversed(self.flows) if reverse else self.flows:
-            x, logdet = flow(x, squeezed_mask, reverse=reverse)
+            if isinstance(flow, AffineCoupling):
+                x, logdet = flow(x, squeezed_mask, reverse=reverse, packing=packing)
+            else:
+                x, logdet = flow(x, squeezed_mask, reverse=reverse)
             logdet_total = logdet_total + logdet
         x, _ = unsqueeze(x, squeezed_mask, self.n_sqz)
         return x, logdet_total
