@@ -47,6 +47,7 @@ from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import (
     ChannelLayerNorm,
+    Dropout,
     DurationPredictor,
     FFTBlock,
     Packing,
@@ -275,7 +276,7 @@ class DeepVariancePredictor(nn.Module):
             for i in range(num_layers)
         )
         self.norms = nn.ModuleList(ChannelLayerNorm(channels) for _ in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.projection = nn.Conv1d(channels, 1, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -294,7 +295,7 @@ class Postnet(nn.Module):
             nn.Conv1d(widths[i], widths[i + 1], kernel_size, padding=kernel_size // 2) for i in range(num_layers)
         )
         self.norms = nn.ModuleList(nn.BatchNorm1d(widths[i + 1]) for i in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = mel

@@ -29,6 +29,7 @@ from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import (
     ChannelLayerNorm,
     ConvFeedForward,
+    Dropout,
     DurationPredictor,
     Packing,
     channel_mask,
@@ -149,7 +150,7 @@ class RelativeMultiHeadAttention(nn.Module):
         relative_std = self.head_channels**-0.5
         self.relative_keys = nn.Parameter(torch.randn(2 * window_size + 1, self.head_channels) * relative_std)
         self.relative_values = nn.Parameter(torch.randn(2 * window_size + 1, self.head_channels) * relative_std)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, channels, length = x.shape
@@ -195,7 +196,7 @@ class EncoderLayer(nn.Module):
             channels, config.filter_channels, config.encoder_kernel_size, config.dropout
         )
         self.feed_forward_norm = ChannelLayerNorm(channels)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
         x = x * mask
@@ -213,7 +214,7 @@ class ResidualConvPrenet(nn.Module):
             nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2) for _ in range(num_layers)
         )
         self.norms = nn.ModuleList(ChannelLayerNorm(channels) for _ in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.projection = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.projection.weight)
         nn.init.zeros_(self.projection.bias)
@@ -335,7 +336,7 @@ class WaveNet(nn.Module):
             self.in_layers.append(weight_norm(gate_conv))
             last = i == num_layers - 1  # the last layer only feeds the skip path
             self.res_skip_layers.append(weight_norm(nn.Conv1d(channels, channels if last else 2 * channels, 1)))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.packing_gap = max(layer.padding[0] for layer in self.in_layers)  # the widest dilated kernel's reach
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

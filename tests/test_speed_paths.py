@@ -1,11 +1,12 @@
-"""Packed batches: the padding frames skipped, the valid frames' numbers unchanged."""
+"""The speed paths compute what the plain ones do: packed batches (padding frames skipped), the
+CPU dropout draw, the hand-written attention used when attention weights are dropped."""
 
 from __future__ import annotations
 
 import torch
 
 from ttsbench.models.glow_tts import AffineCoupling, GlowTTSConfig
-from ttsbench.models.layers import ConvFeedForward, FFTBlock, Packing, channel_mask
+from ttsbench.models.layers import ConvFeedForward, Dropout, FFTBlock, MultiHeadSelfAttention, Packing, channel_mask
 
 LENGTHS = torch.tensor([7, 12, 3, 9])
 
@@ -69,3 +70,24 @@ def test_packed_coupling_equals_the_padded_one_forward_and_reverse():
         z_packed, logdet_packed = coupling(x, mask, reverse=reverse, packing=packing)
         torch.testing.assert_close(z_packed, z, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logdet_packed, logdet, atol=1e-4, rtol=1e-5)
+
+
+def test_dropout_keeps_one_minus_p_of_the_values_scaled_and_passes_gradients_through_the_same_mask():
+    torch.manual_seed(3)
+    dropout = Dropout(0.2)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.8))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d(x * noise)/dx = noise
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_attention_with_weight_dropout_is_sdpa_when_nothing_is_dropped():
+    x, mask = padded_input(8)
+    torch.manual_seed(4)
+    attention = MultiHeadSelfAttention(8, 2, dropout=1e-9)  # takes the hand-written path, drops ~nothing
+    expected = attention.eval()(x, mask)
+    torch.testing.assert_close(attention.train()(x, mask), expected, atol=1e-5, rtol=1e-5)
