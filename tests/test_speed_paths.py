@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ttsbench.models.glow_tts import AffineCoupling, GlowTTSConfig
+from ttsbench.models.glow_tts import AffineCoupling, FlowDecoder, GlowTTSConfig
 from ttsbench.models.layers import ConvFeedForward, Dropout, FFTBlock, MultiHeadSelfAttention, Packing, channel_mask
 
 LENGTHS = torch.tensor([7, 12, 3, 9])
@@ -67,9 +67,28 @@ def test_packed_coupling_equals_the_padded_one_forward_and_reverse():
     assert coupling.wavenet.packing_gap == 8  # kernel 5 at dilation 2**2 reaches 2 x 4 frames each side
     for reverse in (False, True):
         z, logdet = coupling(x, mask, reverse=reverse)
-        z_packed, logdet_packed = coupling(x, mask, reverse=reverse, packing=packing)
-        torch.testing.assert_close(z_packed, z, atol=1e-5, rtol=1e-5)
+        z_packed, logdet_packed = coupling(packing.pack(x), packing.mask, reverse=reverse, packing=packing)
+        torch.testing.assert_close(packing.unpack(z_packed), z, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logdet_packed, logdet, atol=1e-4, rtol=1e-5)
+
+
+def test_flow_decoder_packs_a_padded_batch_and_gives_each_utterance_its_own_result():
+    config = GlowTTSConfig(flow_blocks=2, coupling_layers=2, coupling_hidden_channels=16)
+    torch.manual_seed(5)
+    decoder = FlowDecoder(80, config).eval()
+    for flow in decoder.flows:
+        if isinstance(flow, AffineCoupling):
+            torch.nn.init.normal_(flow.end.weight, std=0.05)
+    lengths = torch.tensor([12, 4, 8])
+    mask = channel_mask(lengths, 12)
+    mel = torch.randn(3, 80, 12) * mask
+    z, logdet = decoder(mel, mask)
+    assert Packing.build(mask[:, :, 1::2], decoder.packing_gap) is not None  # the batch took the packed path
+    for b, length in enumerate(lengths.tolist()):
+        alone, alone_logdet = decoder(mel[b : b + 1, :, :length], mask[b : b + 1, :, :length])
+        torch.testing.assert_close(z[b : b + 1, :, :length], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logdet[b : b + 1], alone_logdet, atol=1e-3, rtol=1e-5)
+    assert torch.all(z * (1 - mask) == 0)
 
 
 def test_dropout_keeps_one_minus_p_of_the_values_scaled_and_passes_gradients_through_the_same_mask():

@@ -67,6 +67,9 @@ class Packing:
         self.mask = torch.zeros(1, 1, self.length, dtype=mask.dtype, device=mask.device)
         self.mask[0, 0, packed] = 1
         self.padded_mask = mask  # [B, 1, T]
+        self.item_frames = lengths.to(mask.dtype)  # [B] valid frames per utterance
+        self.item_of = torch.full((self.length,), batch, dtype=torch.long, device=mask.device)  # gaps: B
+        self.item_of[packed] = flat // frames
 
     @classmethod
     def build(cls, mask: torch.Tensor, gap: int) -> "Packing | None":
@@ -80,6 +83,11 @@ class Packing:
         channels = x.shape[1]
         flat = F.pad(x.transpose(0, 1).reshape(channels, self.batch * self.frames), (0, 1))
         return flat.index_select(1, self.pack_index).unsqueeze(0)
+
+    def item_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-utterance sums [B] of a packed [1, C, N] (gaps left out): `padded.sum(dim=(1, 2))`."""
+        totals = x.new_zeros(self.batch + 1).index_add(0, self.item_of, x.sum(dim=1)[0])
+        return totals[: self.batch]
 
     def pack_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Time-major [B, T, C] -> [N, C], as `pack`."""
