@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 SUITE ?= suites/cpu.yaml
 RUN ?= runs/$(basename $(notdir $(SUITE)))
 EXTRAS ?= dev,corpus
+# The peer comparison's own venv: coqui-tts 0.28.0 beside the same torch, never mixed with ours.
+PEER_VENV ?= .venv-peer
+PEER_ROUNDS ?= 3
 
-.PHONY: install test lint bench claims report readme-table clean
+.PHONY: install test lint bench claims report readme-table peer-bench clean
 
 install: $(BIN)/ttsbench
 
@@ -49,6 +52,21 @@ SCALE_CORPUS ?= runs/scale/LJSpeech-1.1
 scale-bench: install
 	$(BIN)/python scripts/scale_corpus.py $(SCALE_CORPUS)
 	$(BIN)/python scripts/scale_bench.py $(SCALE_CORPUS) --out runs/scale/scale_bench.json
+
+# ttsbench's training step against coqui-tts's at the same shape (batch 8 x 60 tokens x 240 frames,
+# full sizes, one thread), alternately, $(PEER_ROUNDS) rounds: RUN/peer_bench.json and .md, and the
+# report's "Peer comparison" section when RUN holds a suite's results. Slow (~8 min); not in CI.
+peer-bench: install $(PEER_VENV)/bin/tts
+	$(BIN)/python peer/bench.py --coqui-python $(PEER_VENV)/bin/python --out $(RUN) --rounds $(PEER_ROUNDS)
+	@if [ -f $(RUN)/results.jsonl ]; then $(BIN)/ttsbench report $(RUN) --out reports/$(notdir $(RUN)); fi
+
+$(PEER_VENV)/bin/tts:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/pip install --quiet torch==2.13.0
+	# six: imported by coqui-tts itself (TTS/tts/utils/text/punctuation.py) but not declared
+	$(PEER_VENV)/bin/pip install --quiet coqui-tts==0.28.0 six
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -19,12 +19,22 @@ Griffin-Lim). The models are untrained, so the frames produced (in `extra_info`)
 untrained model emits: autoregressive systems that never fire their stop rule decode up to
 their guard (`stopped` False), which dominates their time.
 
+train-step, full size (`test_bench_train_step_full`): the same step at the sizes users train, on
+the shape `make peer-bench` compares with coqui-tts (batch 8 x 60 tokens x 240 frames of random
+input, full presets; set-up from `peer/ours_step.py`, so the two measure the same thing), for
+Glow-TTS, FastSpeech2 dense and SNIPER, and Tacotron at r = 2. Regressions in the speed work
+show here without coqui installed.
+
 Run with `pytest tests/benchmarks/test_bench_models.py --benchmark-only`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -104,6 +114,47 @@ def test_bench_train_step(benchmark, name, embedded_corpus):
         assert all(math.isfinite(v) for v in losses[network]), f"{name}/{network} loss not finite: {losses[network]}"
         assert all(math.isfinite(v) for v in grad_norms[network]), f"{name}/{network} gradient norm not finite"
         assert any(v > 0 for v in grad_norms[network]), f"{name}/{network} got no gradient"
+
+
+FULL_SIZE = {  # label: (system, config overrides), as peer/bench.py's comparisons
+    "glow-tts": ("glow-tts", ()),
+    "fastspeech2-dense": ("fastspeech2-sniper", ("sparsity_variant=dense", "snip_batches=1")),
+    "fastspeech2-sniper": ("fastspeech2-sniper", ("snip_batches=1",)),
+    "tacotron-r2": ("tacotron-gradual", ("gradual_training=[[0,2,8]]",)),
+}
+
+
+def peer_step_module() -> ModuleType:
+    """peer/ours_step.py (not a package: loaded from its file, its folder on sys.path for `timing`)."""
+    path = Path(__file__).resolve().parents[2] / "peer" / "ours_step.py"
+    spec = importlib.util.spec_from_file_location("peer_ours_step", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("label", list(FULL_SIZE))
+def test_bench_train_step_full(benchmark, label):
+    system, overrides = FULL_SIZE[label]
+    torch.manual_seed(SEED)
+    model, batch = peer_step_module().ready_model(system, overrides)
+    optimizers = build_optimizers(model)
+    model.train()
+    losses: list[float] = []
+
+    def train_step() -> None:
+        for network, optimizer in optimizers.items():
+            losses.append(optimizer_update(model, network, optimizer, batch, 0)["loss"])
+        model.after_optimizer_step(0)
+
+    benchmark.group = "train-step-full"
+    benchmark.extra_info.update(parameters=model.num_parameters(), batch=len(batch),
+                                tokens=int(batch.text_ids.shape[1]), frames=int(batch.mel.shape[1]))
+    benchmark.pedantic(train_step, setup=reseed, rounds=5, warmup_rounds=1)
+    assert len(losses) == 6 * len(optimizers)
+    assert all(math.isfinite(v) for v in losses), f"{label} loss not finite: {losses}"
+    assert (len(batch), batch.text_ids.shape[1]) == (8, 60) and batch.mel.shape[1] == 240
 
 
 @pytest.mark.parametrize("name", SYSTEMS)

@@ -47,8 +47,10 @@ from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import (
     ChannelLayerNorm,
+    Dropout,
     DurationPredictor,
     FFTBlock,
+    Packing,
     ScaledPositionalEncoding,
     VariancePredictor,
     channel_mask,
@@ -244,11 +246,21 @@ class FFTStack(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.position_embedding(x, mask)
+        packing = Packing.build(mask, self.blocks[0].feed_forward.packing_gap) if len(self.blocks) else None
+        if packing is not None:  # the same blocks over the valid frames only (see `Packing`)
+            return packing.unpack(self._packed(packing.pack(x), packing))
         for block in self.blocks:
             x = block(x, mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x * mask
+
+    def _packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        for block in self.blocks:
+            x = block.forward_packed(x, packing)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x * packing.mask
 
 
 class DeepVariancePredictor(nn.Module):
@@ -264,7 +276,7 @@ class DeepVariancePredictor(nn.Module):
             for i in range(num_layers)
         )
         self.norms = nn.ModuleList(ChannelLayerNorm(channels) for _ in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.projection = nn.Conv1d(channels, 1, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -283,7 +295,7 @@ class Postnet(nn.Module):
             nn.Conv1d(widths[i], widths[i + 1], kernel_size, padding=kernel_size // 2) for i in range(num_layers)
         )
         self.norms = nn.ModuleList(nn.BatchNorm1d(widths[i + 1]) for i in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = mel

@@ -26,7 +26,15 @@ from ttsbench.align.mas import maximum_path
 from ttsbench.data import Batch
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
-from ttsbench.models.layers import ChannelLayerNorm, ConvFeedForward, DurationPredictor, channel_mask, durations_to_path
+from ttsbench.models.layers import (
+    ChannelLayerNorm,
+    ConvFeedForward,
+    Dropout,
+    DurationPredictor,
+    Packing,
+    channel_mask,
+    durations_to_path,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -142,7 +150,7 @@ class RelativeMultiHeadAttention(nn.Module):
         relative_std = self.head_channels**-0.5
         self.relative_keys = nn.Parameter(torch.randn(2 * window_size + 1, self.head_channels) * relative_std)
         self.relative_values = nn.Parameter(torch.randn(2 * window_size + 1, self.head_channels) * relative_std)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, channels, length = x.shape
@@ -188,12 +196,12 @@ class EncoderLayer(nn.Module):
             channels, config.filter_channels, config.encoder_kernel_size, config.dropout
         )
         self.feed_forward_norm = ChannelLayerNorm(channels)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
         x = x * mask
         x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
-        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x, mask)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x, mask, packing)))
 
 
 class ResidualConvPrenet(nn.Module):
@@ -206,7 +214,7 @@ class ResidualConvPrenet(nn.Module):
             nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2) for _ in range(num_layers)
         )
         self.norms = nn.ModuleList(ChannelLayerNorm(channels) for _ in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.projection = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.projection.weight)
         nn.init.zeros_(self.projection.bias)
@@ -243,8 +251,9 @@ class TextEncoder(nn.Module):
         mask = channel_mask(text_lengths, text_ids.shape[1], x.dtype)
         if self.prenet is not None:
             x = self.prenet(x, mask)
+        packing = Packing.build(mask, self.layers[0].feed_forward.packing_gap) if len(self.layers) else None
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, packing)
         x = x * mask
         mean = self.project_mean(x) * mask
         log_std = torch.zeros_like(mean) if self.project_log_std is None else self.project_log_std(x) * mask
@@ -255,7 +264,19 @@ class TextEncoder(nn.Module):
 
 # --------------------------------------------------------------------------------------------
 # Flow decoder. Every flow maps (x, mask) -> (z, logdet [B]); reverse=True applies the inverse
-# and returns the log-determinant of the inverse (the negative of the forward one).
+# and returns the log-determinant of the inverse (the negative of the forward one). With a
+# `packing`, x and mask are packed ([1, C, N] and packing.mask: the batch's valid frames end to
+# end) and the log-determinants are still per utterance.
+
+
+def _frames(mask: torch.Tensor, packing: Packing | None) -> torch.Tensor:
+    """Valid frames per utterance [B]."""
+    return mask.sum(dim=(1, 2)) if packing is None else packing.item_frames
+
+
+def _item_sums(x: torch.Tensor, packing: Packing | None) -> torch.Tensor:
+    """Per-utterance sums [B] of a masked [B, C, T] (or packed [1, C, N])."""
+    return x.sum(dim=(1, 2)) if packing is None else packing.item_sums(x)
 
 
 class ActNorm(nn.Module):
@@ -266,8 +287,10 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1))
         self.bias = nn.Parameter(torch.zeros(1, channels, 1))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = self.log_scale.sum() * mask.sum(dim=(1, 2))
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False, packing: Packing | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = self.log_scale.sum() * _frames(mask, packing)
         if reverse:
             return (x - self.bias) * torch.exp(-self.log_scale) * mask, -logdet
         return (self.bias + torch.exp(self.log_scale) * x) * mask, logdet
@@ -299,7 +322,9 @@ class InvConvNear(nn.Module):
             orthogonal[:, 0] = -orthogonal[:, 0]
         self.weight = nn.Parameter(orthogonal)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False, packing: Packing | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, channels, length = x.shape
         per_group, half_split = channels // self.n_split, self.n_split // 2
         groups = x.reshape(batch, 2, per_group, half_split, length).transpose(2, 3)
@@ -307,7 +332,7 @@ class InvConvNear(nn.Module):
         weight = torch.linalg.inv(self.weight) if reverse else self.weight
         mixed = torch.einsum("ij,bjct->bict", weight, groups)
         z = mixed.reshape(batch, 2, half_split, per_group, length).transpose(2, 3).reshape(batch, channels, length)
-        logdet = torch.linalg.slogdet(self.weight).logabsdet * per_group * mask.sum(dim=(1, 2))
+        logdet = torch.linalg.slogdet(self.weight).logabsdet * per_group * _frames(mask, packing)
         return z * mask, -logdet if reverse else logdet
 
 
@@ -327,7 +352,8 @@ class WaveNet(nn.Module):
             self.in_layers.append(weight_norm(gate_conv))
             last = i == num_layers - 1  # the last layer only feeds the skip path
             self.res_skip_layers.append(weight_norm(nn.Conv1d(channels, channels if last else 2 * channels, 1)))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.packing_gap = max(layer.padding[0] for layer in self.in_layers)  # the widest dilated kernel's reach
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         skip = torch.zeros_like(x)
@@ -363,12 +389,16 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.end.weight)
         nn.init.zeros_(self.end.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, reverse: bool = False, packing: Packing | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed (gap >= the WaveNet's packing_gap), the network computing (m, log s) runs on
+        the valid frames only; every layer masks its input, so utterances never mix."""
         x_a, x_b = x.chunk(2, dim=1)
         shift, log_scale = self.end(self.wavenet(self.start(x_a) * mask, mask)).chunk(2, dim=1)
         if self.sigmoid_scale:
             log_scale = torch.log(1e-6 + torch.sigmoid(log_scale + 2))
-        logdet = (log_scale * mask).sum(dim=(1, 2))
+        logdet = _item_sums(log_scale * mask, packing)
         if reverse:
             z_b = (x_b - shift) * torch.exp(-log_scale) * mask
             return torch.cat([x_a, z_b], dim=1), -logdet
@@ -413,6 +443,8 @@ class FlowDecoder(nn.Module):
             self.flows.append(ActNorm(squeezed))
             self.flows.append(InvConvNear(squeezed, config.n_split))
             self.flows.append(AffineCoupling(squeezed, config))
+        couplings = [flow for flow in self.flows if isinstance(flow, AffineCoupling)]
+        self.packing_gap = max((c.wavenet.packing_gap for c in couplings), default=0)
         # persisted so a run resumed from a checkpoint does not redo data-dependent init
         self.register_buffer("ddi_done", torch.tensor(False))
 
@@ -421,9 +453,15 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"flow input has {x.shape[2]} frames, not a multiple of n_sqz={self.n_sqz}")
         x, squeezed_mask = squeeze(x, mask, self.n_sqz)
         logdet_total = x.new_zeros(x.shape[0])
+        # the flows on the valid frames only (see `Packing`); z is unpacked with zeros on padding
+        packing = Packing.build(squeezed_mask, self.packing_gap)
+        if packing is not None:
+            x, squeezed_mask = packing.pack(x), packing.mask
         for flow in reversed(self.flows) if reverse else self.flows:
-            x, logdet = flow(x, squeezed_mask, reverse=reverse)
+            x, logdet = flow(x, squeezed_mask, reverse=reverse, packing=packing)
             logdet_total = logdet_total + logdet
+        if packing is not None:
+            x, squeezed_mask = packing.unpack(x), packing.padded_mask
         x, _ = unsqueeze(x, squeezed_mask, self.n_sqz)
         return x, logdet_total
 

@@ -25,6 +25,87 @@ def channel_mask(
     return sequence_mask(lengths, max_length).unsqueeze(1).to(dtype)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose keep mask comes from `torch.rand` (u >= p) on CPU.
+
+    The same Bernoulli(1 - p) keep mask and 1 / (1 - p) scale as `F.dropout`, whose CPU path
+    draws it with `bernoulli_`: three times slower, and that draw was ~8 % of a full-size
+    FastSpeech2 training step. Other devices keep PyTorch's own (fused) dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).div_(1.0 - self.p)
+
+
+class Packing:
+    """A padded channel-major batch laid end to end along time: [B, C, T] <-> [1, C, N].
+
+    Each utterance's valid frames (its mask must be a prefix, as `channel_mask` makes) follow the
+    previous utterance's after `gap` zero frames, so a convolution with padding <= gap computes
+    on the packed sequence what it computes per utterance, while the batch's padding frames,
+    whose outputs every block masks away, cost nothing. Worth it for the big convolution stacks
+    (Glow-TTS's coupling WaveNets, FFN convolutions over mel frames); `build` returns None when
+    the batch has no padding to skip.
+    """
+
+    def __init__(self, mask: torch.Tensor, gap: int):
+        batch, _, frames = mask.shape
+        valid = mask.reshape(batch * frames) > 0
+        flat = valid.nonzero().squeeze(1)  # [V] positions b * T + t of the valid frames
+        lengths = valid.view(batch, frames).sum(dim=1)
+        starts = torch.cumsum(lengths + gap, dim=0) - (lengths + gap)  # item b's first packed frame
+        packed = starts[flat // frames] + flat % frames
+        self.batch, self.frames = batch, frames
+        self.length = int(lengths.sum()) + gap * (batch - 1)
+        # gather indices into a zero column appended at the end (index B*T, resp. N)
+        self.pack_index = torch.full((self.length,), batch * frames, dtype=torch.long, device=mask.device)
+        self.pack_index[packed] = flat
+        self.unpack_index = torch.full((batch * frames,), self.length, dtype=torch.long, device=mask.device)
+        self.unpack_index[flat] = packed
+        self.mask = torch.zeros(1, 1, self.length, dtype=mask.dtype, device=mask.device)
+        self.mask[0, 0, packed] = 1
+        self.padded_mask = mask  # [B, 1, T]
+        self.item_frames = lengths.to(mask.dtype)  # [B] valid frames per utterance
+        self.item_of = torch.full((self.length,), batch, dtype=torch.long, device=mask.device)  # gaps: B
+        self.item_of[packed] = flat // frames
+
+    @classmethod
+    def build(cls, mask: torch.Tensor, gap: int) -> "Packing | None":
+        """A packing of `mask`'s batch, or None when packing would not shorten it."""
+        batch, _, frames = mask.shape
+        valid = int(mask.sum())
+        return cls(mask, gap) if batch > 1 and valid + gap * (batch - 1) < batch * frames else None
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T] -> [1, C, N]: valid frames only, zeros in the gaps."""
+        channels = x.shape[1]
+        flat = F.pad(x.transpose(0, 1).reshape(channels, self.batch * self.frames), (0, 1))
+        return flat.index_select(1, self.pack_index).unsqueeze(0)
+
+    def item_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-utterance sums [B] of a packed [1, C, N] (gaps left out): `padded.sum(dim=(1, 2))`."""
+        totals = x.new_zeros(self.batch + 1).index_add(0, self.item_of, x.sum(dim=1)[0])
+        return totals[: self.batch]
+
+    def pack_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Time-major [B, T, C] -> [N, C], as `pack`."""
+        flat = F.pad(x.reshape(self.batch * self.frames, x.shape[2]), (0, 0, 0, 1))
+        return flat.index_select(0, self.pack_index)
+
+    def unpack_rows(self, y: torch.Tensor) -> torch.Tensor:
+        """[N, C] -> time-major [B, T, C], zeros on padding."""
+        padded = F.pad(y, (0, 0, 0, 1)).index_select(0, self.unpack_index)
+        return padded.view(self.batch, self.frames, y.shape[1])
+
+    def unpack(self, y: torch.Tensor) -> torch.Tensor:
+        """[1, C, N] -> [B, C, T] (contiguous), zeros on padding whatever the gaps held."""
+        channels = y.shape[1]
+        padded = F.pad(y[0], (0, 1)).index_select(1, self.unpack_index)
+        return padded.view(channels, self.batch, self.frames).transpose(0, 1).contiguous()
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis of [B, C, T] (each time step normalised on its own).
 
@@ -61,11 +142,24 @@ class ConvFeedForward(nn.Module):
         second_kernel_size = kernel_size if second_kernel_size is None else second_kernel_size
         self.conv_in = nn.Conv1d(channels, filter_channels, kernel_size, padding=kernel_size // 2)
         self.conv_out = nn.Conv1d(filter_channels, channels, second_kernel_size, padding=second_kernel_size // 2)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.dropout(torch.relu(self.conv_in(x * mask)))
-        return self.conv_out(hidden * mask) * mask
+    @property
+    def packing_gap(self) -> int:
+        """The gap a `Packing` needs between utterances for these two convolutions."""
+        return max(self.conv_in.padding[0], self.conv_out.padding[0])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        """With `packing` (of `mask`, gap >= packing_gap) the convolutions skip the padding frames."""
+        if packing is None:
+            hidden = self.dropout(torch.relu(self.conv_in(x * mask)))
+            return self.conv_out(hidden * mask) * mask
+        return packing.unpack(self.forward_packed(packing.pack(x), packing))
+
+    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """On a packed [1, C, N] (whatever its gaps hold); returns zeros in the gaps."""
+        hidden = self.dropout(torch.relu(self.conv_in(x * packing.mask)))
+        return self.conv_out(hidden * packing.mask) * packing.mask
 
 
 class VariancePredictor(nn.Module):
@@ -82,7 +176,7 @@ class VariancePredictor(nn.Module):
         self.norm_1 = ChannelLayerNorm(filter_channels)
         self.conv_2 = nn.Conv1d(filter_channels, filter_channels, kernel_size, padding=padding)
         self.norm_2 = ChannelLayerNorm(filter_channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.projection = nn.Conv1d(filter_channels, 1, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,7 +251,7 @@ class ScaledPositionalEncoding(nn.Module):
         super().__init__()
         self.channels = channels
         self.alpha = nn.Parameter(torch.tensor(initial_alpha))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         table = sinusoidal_positions(x.shape[2], self.channels, x.device).to(x.dtype)
@@ -177,24 +271,39 @@ class MultiHeadSelfAttention(nn.Module):
         self.value = nn.Linear(channels, channels)
         self.output = nn.Linear(channels, channels)
         self.dropout = dropout
+        self.weight_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, channels, length = x.shape
         time_major = x.transpose(1, 2)
+        projected = [self.query(time_major), self.key(time_major), self.value(time_major)]
+        return self.output(self._attend(projected, mask)).transpose(1, 2) * mask
+
+    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """`forward` on a packed [1, C, N]: the projections run on the valid frames only."""
+        time_major = x[0].transpose(0, 1)  # [N, C]
+        projected = [packing.unpack_rows(linear(time_major)) for linear in (self.query, self.key, self.value)]
+        merged = packing.pack_rows(self._attend(projected, packing.padded_mask))
+        return self.output(merged).transpose(0, 1).unsqueeze(0) * packing.mask
+
+    def _attend(self, projected: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Queries, keys, values [B, T, C] -> attended [B, T, C]; keys where `mask` is 0 get no weight."""
+        batch, length, channels = projected[0].shape
 
         def split_heads(t: torch.Tensor) -> torch.Tensor:  # [B, T, C] -> [B, H, T, C/H]
             return t.view(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
 
         key_mask = mask.bool().unsqueeze(1)  # [B, 1, 1, T]: every query sees the valid keys
-        attended = F.scaled_dot_product_attention(
-            split_heads(self.query(time_major)),
-            split_heads(self.key(time_major)),
-            split_heads(self.value(time_major)),
-            attn_mask=key_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        merged = attended.transpose(1, 2).reshape(batch, length, channels)
-        return self.output(merged).transpose(1, 2) * mask
+        query, key, value = (split_heads(t) for t in projected)
+        if self.training and self.dropout > 0 and query.device.type == "cpu":
+            # what SDPA's unfused path computes, with the faster dropout draw (see `Dropout`)
+            scores = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5)
+            weights = torch.softmax(scores.masked_fill(~key_mask, float("-inf")), dim=-1)
+            attended = self.weight_dropout(weights) @ value
+        else:
+            attended = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        return attended.transpose(1, 2).reshape(batch, length, channels)
 
 
 class FFTBlock(nn.Module):
@@ -222,7 +331,7 @@ class FFTBlock(nn.Module):
         self.attention_norm = ChannelLayerNorm(channels, eps=1e-5)
         self.feed_forward = ConvFeedForward(channels, filter_channels, kernel_size, dropout)
         self.feed_forward_norm = ChannelLayerNorm(channels, eps=1e-5)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.normalize_before:
@@ -231,3 +340,14 @@ class FFTBlock(nn.Module):
             return x * mask
         x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
         return self.feed_forward_norm(x + self.dropout(self.feed_forward(x, mask))) * mask
+
+    def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """`forward` on a packed [1, C, N] (zero gaps in, zero gaps out): every position-wise part
+        (norms, projections, FFN, dropout) skips the padding; attention sees each utterance alone."""
+        mask = packing.mask
+        if self.normalize_before:
+            x = x + self.dropout(self.attention.forward_packed(self.attention_norm(x), packing))
+            x = x + self.dropout(self.feed_forward.forward_packed(self.feed_forward_norm(x), packing))
+            return x * mask
+        x = self.attention_norm(x + self.dropout(self.attention.forward_packed(x, packing)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward.forward_packed(x, packing))) * mask

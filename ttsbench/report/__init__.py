@@ -34,7 +34,7 @@ from ttsbench.metrics.summary import (
     pooled_interval,
     time_to,
 )
-from ttsbench.report import plots
+from ttsbench.report import peer, plots
 from ttsbench.results import RunStore
 from ttsbench.suite import REFERENCE_JOB, REFERENCE_VARIANT
 
@@ -283,6 +283,14 @@ def benchmark_table(path: Path | None) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["group"], r["mean_ms"]))
 
 
+def peer_section(run: Path) -> dict[str, Any] | None:
+    """The peer comparison's table rows and settings, when the run folder holds `make peer-bench`'s file."""
+    results = peer.load(run / peer.PEER_RESULTS)
+    if results is None:
+        return None
+    return {"rows": peer.table_rows(results), "results": results, "note": peer.markdown_table(results).splitlines()[-1]}
+
+
 # --------------------------------------------------------------------------------------------
 # The page
 
@@ -337,6 +345,7 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
         "costs": cost_table(results, price),
         "price": price,
         "benchmarks": benchmark_table(bench_path),
+        "peer": peer_section(store.root),
         "verdicts": verdicts,
         "format_values": format_values,
         "HOLDS": HOLDS,

@@ -1,0 +1,1 @@
+"""Empty stand-in: coqui-tts 0.28.0's `import TTS` loads torchaudio, which the timed models never call."""
