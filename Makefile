@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check ttsbench tests scripts
+	$(BIN)/ruff check ttsbench tests scripts peer
 
 # The default benchmark: the suite (resumes if RUN holds part of it), the pytest-benchmark speed
 # comparisons into the run folder, then the report into reports/. A failed job is recorded in

