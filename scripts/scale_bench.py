@@ -4,7 +4,6 @@ On a corpus written by `scripts/scale_corpus.py`, each step a fresh process with
 cache, so nothing is warm that a user's first run would not have warm (but the audio is read
 into the page cache before each run, so that the runs compare computing, not disk reads):
 
-0. the machine's own ceiling: the same feature computation split over two independent processes;
 1. `ttsbench data prepare` with 1 worker and with 2 workers (fresh caches), `--repeats` times each,
    alternating which goes first: wall seconds, medians and their ratio;
 2. the same `data prepare` again on the 2-worker cache: everything found cached;
@@ -87,50 +86,7 @@ def prepare_pairs(corpus: Path, systems: str, work: Path, repeats: int) -> dict[
     return runs
 
 
-CEILING_FILES = 2000
-SLICE_PROGRAM = """
-import sys, time
-from pathlib import Path
-import torch
-from ttsbench import models
-from ttsbench.data import FeatureCache
-from ttsbench.prepare import feature_requests
-torch.set_num_threads(1)
-systems, start, stop, root = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-requests = feature_requests((name, models.config_for(name, "tiny")) for name in systems)
-files = sorted(Path(sys.argv[5]).glob("wavs/*.wav"))[start:stop]
-started = time.perf_counter()
-for index, path in enumerate(files):
-    for config, kinds in requests.items():
-        FeatureCache(config, root).compute(path, kinds, f"ceiling-{start + index}")
-print(time.perf_counter() - started)
-"""
-
-
-def parallel_ceiling(corpus: Path, systems: str, work: Path) -> dict[str, Any]:
-    """What two cores give this machine at all: the same feature computation as `data prepare`'s
-    workers, on CEILING_FILES clips, in one process and then split over two independent
-    processes (no pool, nothing shared). `data prepare` cannot scale better than this."""
-    def slices(bounds: list[tuple[int, int]]) -> float:
-        root = work / "ceiling"
-        shutil.rmtree(root, ignore_errors=True)
-        started = time.perf_counter()
-        processes = [subprocess.Popen([sys.executable, "-c", SLICE_PROGRAM, systems, str(a), str(b), str(root),
-                                       str(corpus)], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                      stdout=subprocess.DEVNULL) for a, b in bounds]
-        for process in processes:
-            process.wait()
-        return time.perf_counter() - started
-
-    half = CEILING_FILES // 2
-    one, two = slices([(0, CEILING_FILES)]), slices([(0, half), (half, CEILING_FILES)])
-    return {"files": CEILING_FILES, "one_process_seconds": round(one, 2), "two_processes_seconds": round(two, 2),
-            "speedup": round(one / two, 3)}
-
-
 def measure(corpus: Path, systems: str, work: Path, repeats: int) -> dict[str, Any]:
-    read_audio_once(corpus)
-    ceiling = parallel_ceiling(corpus, systems, work)
     runs = prepare_pairs(corpus, systems, work, repeats)
     medians = {n: statistics.median(run["seconds"] for run in runs[n]) for n in runs}
     parallel_cache = work / "cache-2-workers"
@@ -140,8 +96,7 @@ def measure(corpus: Path, systems: str, work: Path, repeats: int) -> dict[str, A
         "corpus": str(corpus), "utterances": sum(1 for line in (corpus / "metadata.csv").open() if line.strip()),
         "systems": systems.split(","), "repeats": repeats, "prepare_1_worker": runs[1], "prepare_2_workers": runs[2],
         "median_seconds_1_worker": medians[1], "median_seconds_2_workers": medians[2],
-        "speedup_2_workers": round(medians[1] / medians[2], 3), "machine_ceiling": ceiling,
-        "prepare_cached": again, "tacotron_job": job,
+        "speedup_2_workers": round(medians[1] / medians[2], 3), "prepare_cached": again, "tacotron_job": job,
         "environment": {"ttsbench": ttsbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
                         "cpu_count": os.cpu_count(), "platform": platform.platform()},
     }
@@ -161,8 +116,7 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
     job = results["tacotron_job"]
     print(f"prepare (median of {args.repeats}): 1 worker {results['median_seconds_1_worker']} s, 2 workers "
-          f"{results['median_seconds_2_workers']} s ({results['speedup_2_workers']}x; two independent processes "
-          f"{results['machine_ceiling']['speedup']}x), cached again "
+          f"{results['median_seconds_2_workers']} s ({results['speedup_2_workers']}x), cached again "
           f"{results['prepare_cached']['seconds']} s; tacotron job: peak RSS {job['peak_rss_mb']} MB, first step "
           f"{job['first_step_seconds']} s after launch -> {args.out}")
     if args.work is None:
