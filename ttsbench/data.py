@@ -239,9 +239,14 @@ def _scan_audio(path: Path) -> _AudioScan:
     return _AudioScan(sample_rate, declared, frames, peak, non_finite, first_bad, error)
 
 
+def _scan_fact(path: Path) -> dict[str, Any]:
+    """`_scan_audio` as the file index stores it."""
+    return asdict(_scan_audio(path))
+
+
 def _cached_scan(path: Path) -> _AudioScan:
     """`_scan_audio` of a file, read from the file index when this version of it was scanned before."""
-    return _AudioScan(**file_index(cache_root()).lookup(path, SCAN_FACT, lambda p: asdict(_scan_audio(p))))
+    return _AudioScan(**file_index(cache_root()).lookup(path, SCAN_FACT, _scan_fact))
 
 
 def _audio_defects(path: Path, scan: _AudioScan, min_seconds: float, max_seconds: float) -> list[str]:
@@ -472,7 +477,7 @@ def file_facts(path: Path) -> tuple[FileKey, dict[str, Any]]:
     opened: `check_corpus` reports that itself."""
     key = file_key(path)
     try:
-        return key, {SCAN_FACT: asdict(_scan_audio(path)), DIGEST_FACT: _hash_file(path)}
+        return key, {SCAN_FACT: _scan_fact(path), DIGEST_FACT: _hash_file(path)}
     except Exception:  # noqa: BLE001 - soundfile raises several types for broken files
         return key, {}
 

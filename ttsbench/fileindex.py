@@ -2,7 +2,7 @@
 
 Reading every sample of 13,100 clips (to validate them) and hashing every byte (to key the
 feature cache) costs seconds to minutes per pass; each job and each `ttsbench run` used to pay
-it again. A file's facts are stored under the key (resolved path, size, mtime in ns, inode): an
+it again. A file's facts are stored under the key (absolute path, size, mtime in ns, inode): an
 edited or replaced file has a new key, so a stale fact is never used, and an unchanged one is
 looked up instead of recomputed.
 

@@ -157,14 +157,13 @@ def _init_worker() -> None:
     models.names()
 
 
-def read_corpus_files(path: str | Path, workers: Workers) -> int:
+def read_corpus_files(path: str | Path, workers: Workers) -> None:
     """Scan and hash, in the pool, every audio file of a corpus the file index does not know yet,
     so that the `check_corpus` after it (serial, reading every sample) finds them all done."""
     unknown = facts_unknown(corpus_audio_files(path))
     for key, facts in workers.run(facts_chunk, unknown, "reading audio"):
         remember_facts(key, facts)
     flush_all()
-    return len(unknown)
 
 
 def facts_chunk(paths: Sequence[Path]) -> list[tuple[FileKey, dict[str, Any]]]:

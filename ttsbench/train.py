@@ -302,11 +302,6 @@ def autocast(amp: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=AMP_TYPES.get(amp, torch.bfloat16), enabled=amp != "off")
 
 
-def gradient_scaler(model: TTSModel, device: torch.device) -> torch.amp.GradScaler | None:
-    """fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not."""
-    return torch.amp.GradScaler(device.type) if model.config.amp == "fp16" else None
-
-
 def optimizer_update(model: TTSModel, network: str, optimizer: torch.optim.Optimizer, batch: Batch,
                      step: int, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One optimizer step of one network (the trainer's, and what the benchmarks time).
@@ -454,8 +449,9 @@ class Trainer:
         self.device = resolve_device(options.device)
         self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
         self.saved_step: int | None = None  # the step of checkpoint.pt, once one is loaded or written
-        scalers = {network: gradient_scaler(model, self.device) for network in model.networks}
-        self.scalers = {network: scaler for network, scaler in scalers.items() if scaler is not None}
+        # fp16 needs its loss scaled so small gradients survive (one scaler per optimizer); bf16 and fp32 do not
+        self.scalers = ({network: torch.amp.GradScaler(self.device.type) for network in model.networks}
+                        if model.config.amp == "fp16" else {})
 
     # ---- the folder: what a resume must match --------------------------------------------------
     def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainState) -> None:
