@@ -20,6 +20,10 @@ from ttsbench.fileindex import FileIndex
 from ttsbench.prepare import Workers, feature_requests, prepare_corpus, prepare_features
 from ttsbench.train import EpochPlan, LazyBatches, Prefetcher, TrainOptions, TrainState, train
 
+# The fixture was recorded on another machine: its CPU's kernels round differently in the last bits,
+# and FastSpeech2's hard duration decisions carry that to ~3e-4 of its losses by step 2 (seen here).
+# A data path bug (a wrong feature, a misordered batch) moves a loss by far more than 1e-3.
+LOSS_RTOL = 1e-3
 BEFORE = json.loads((Path(__file__).parent / "data" / "losses_before_data_path.json").read_text("utf-8"))
 
 
@@ -34,7 +38,7 @@ def test_losses_are_those_of_the_in_memory_data_path(system: str, embedded_corpu
     assert len(rows) == len(before)
     for now, then in zip(rows, before):
         for key, value in then.items():
-            assert now[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (system, now["step"], key)
+            assert now[key] == pytest.approx(value, rel=LOSS_RTOL, abs=1e-6), (system, now["step"], key)
 
 
 def _write_clip(path: Path, seconds: float = 0.5, level: float = 0.5) -> None:

@@ -13,7 +13,7 @@ import torch
 
 import ttsbench.models.fastspeech2  # noqa: F401  (registers the system)
 from ttsbench import models
-from ttsbench.audio import AudioConfig, load_audio
+from ttsbench.audio import AudioConfig, Clip, load_audio
 from ttsbench.data import Batch, Corpus, collate
 from ttsbench.models.fastspeech2 import (
     FastSpeech2Config,
@@ -95,7 +95,7 @@ def test_pitch_and_energy_line_up_with_the_mel(embedded_corpus: Corpus) -> None:
     utterance = sorted(embedded_corpus.utterances, key=lambda u: u.num_samples)[0]
     config = AudioConfig()
     audio = load_audio(utterance.audio_path, config)
-    f0, energy = pitch_feature(audio, config), energy_feature(audio, config)
+    f0, energy = pitch_feature(Clip(audio, config)), energy_feature(Clip(audio, config))
     frames = 1 + len(audio) // config.hop_length
     assert f0.shape == (frames,) and energy.shape == (frames,)
     voiced = f0[f0 > 0]

@@ -8,6 +8,7 @@ so two systems never disagree about what "a mel spectrogram" is because of hand-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -109,7 +110,22 @@ def stft_magnitude(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     return np.abs(stft).astype(np.float32)
 
 
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """One clip's samples under one front end; its |STFT| is computed on first use and then shared
+    by every feature kind taken from it (mel, linear, energy): one STFT per file, not one per kind."""
+
+    audio: np.ndarray
+    config: AudioConfig
+
+    @functools.cached_property
+    def magnitude(self) -> np.ndarray:
+        return stft_magnitude(self.audio, self.config)
+
+
+@functools.lru_cache(maxsize=16)
 def _mel_basis(config: AudioConfig) -> np.ndarray:
+    """The mel filterbank of a front end: built once per process (it costs as much as an STFT)."""
     return librosa.filters.mel(
         sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax
     )
@@ -137,13 +153,22 @@ def natural_log_mel(features: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 def mel_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     """Compressed mel magnitude spectrogram, shape [frames, n_mels] (time-major like the models)."""
-    mel = _mel_basis(config) @ stft_magnitude(audio, config)
-    return _compress(mel, config).T.copy()
+    return mel_feature(Clip(audio, config))
 
 
 def linear_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     """Compressed linear magnitude spectrogram, shape [frames, n_fft // 2 + 1]."""
-    return _compress(stft_magnitude(audio, config), config).T.copy()
+    return linear_feature(Clip(audio, config))
+
+
+def mel_feature(clip: Clip) -> np.ndarray:
+    """The cached "mel" kind: `mel_spectrogram` from the clip's shared |STFT|."""
+    return _compress(_mel_basis(clip.config) @ clip.magnitude, clip.config).T.copy()
+
+
+def linear_feature(clip: Clip) -> np.ndarray:
+    """The cached "linear" kind: `linear_spectrogram` from the clip's shared |STFT|."""
+    return _compress(clip.magnitude, clip.config).T.copy()
 
 
 def linear_to_mel(linear: np.ndarray, config: AudioConfig) -> np.ndarray:

@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from ttsbench.audio import AudioConfig, linear_spectrogram, load_audio, mel_spectrogram
+from ttsbench.audio import AudioConfig, Clip, linear_feature, load_audio, mel_feature
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, file_index, file_key, flush_all
 from ttsbench.fileio import atomic_path
@@ -429,8 +429,8 @@ def split_by_count(
 # --------------------------------------------------------------------------------------------
 # Feature cache
 
-FeatureFunction = Callable[[np.ndarray, AudioConfig], np.ndarray]
-FEATURES: dict[str, FeatureFunction] = {"mel": mel_spectrogram, "linear": linear_spectrogram}
+FeatureFunction = Callable[[Clip], np.ndarray]  # one kind, [frames, ...], from a clip under its front end
+FEATURES: dict[str, FeatureFunction] = {"mel": mel_feature, "linear": linear_feature}
 
 
 def register_feature(name: str, function: FeatureFunction) -> None:
@@ -588,9 +588,9 @@ class FeatureCache:
         unknown = [k for k in kinds if k not in FEATURES]
         if unknown:
             raise KeyError(f"unknown feature kind(s) {unknown}; known: {sorted(FEATURES)}")
-        audio = load_audio(audio_path, self.config)
+        clip = Clip(load_audio(audio_path, self.config), self.config)  # kinds share its |STFT|
         for kind in kinds:
-            atomic_save_npy(self.path(audio_path, kind, digest), FEATURES[kind](audio, self.config).astype(np.float32))
+            atomic_save_npy(self.path(audio_path, kind, digest), FEATURES[kind](clip).astype(np.float32))
 
     def files(self, audio_path: Path, kinds: Sequence[str]) -> FeatureFiles:
         """The file's features, computing whatever is missing or damaged first."""

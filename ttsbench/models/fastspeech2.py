@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttsbench.align.mas import maximum_path
-from ttsbench.audio import AudioConfig, num_frames, stft_magnitude
+from ttsbench.audio import Clip, num_frames
 from ttsbench.data import Batch, register_feature
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
@@ -75,7 +75,7 @@ MASKED_SCORE = -1e4  # finite, so CTC and log-softmax stay free of NaN gradients
 # Cached features
 
 
-def pitch_feature(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
+def pitch_feature(clip: Clip) -> np.ndarray:
     """F0 in Hz per mel frame, 0 where unvoiced: WORLD's DIO refined by StoneMask.
 
     DIO at the mel hop puts its frame i at sample i * hop, the centre of the centred STFT's
@@ -83,6 +83,7 @@ def pitch_feature(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     StoneMask takes ~0.2 s per 9.7 s clip here where librosa's pYIN takes ~10 s (its Viterbi
     over a fine pitch grid), and DIO is what ESPnet (hence SNIPER) and ming024 extract.
     """
+    audio, config = clip.audio, clip.config
     signal = np.asarray(audio, dtype=np.float64)
     frame_period_ms = 1000.0 * config.hop_length / config.sample_rate
     coarse, times = pyworld.dio(
@@ -95,9 +96,9 @@ def pitch_feature(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
     return f0
 
 
-def energy_feature(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
-    """L2 norm of each frame of the STFT magnitude the mel is computed from."""
-    return np.linalg.norm(stft_magnitude(audio, config), axis=0).astype(np.float32)
+def energy_feature(clip: Clip) -> np.ndarray:
+    """L2 norm of each frame of the STFT magnitude the mel is computed from (the same one)."""
+    return np.linalg.norm(clip.magnitude, axis=0).astype(np.float32)
 
 
 register_feature("pitch", pitch_feature)
