@@ -577,7 +577,10 @@ class FeatureCache:
         self.root = (root or default_cache_dir()) / config.digest()
 
     def path(self, audio_path: Path, kind: str, digest: str | None = None) -> Path:
-        return self.root / f"{digest or file_digest(audio_path)}.{kind}.npy"
+        """Files sharded by their digest's first two hex digits: 256 folders instead of one with
+        every file, so parallel workers seldom wait on one folder's lock to create and rename."""
+        digest = digest or file_digest(audio_path)
+        return self.root / digest[:2] / f"{digest}.{kind}.npy"
 
     def missing(self, audio_path: Path, kinds: Sequence[str], digest: str | None = None) -> list[str]:
         """The kinds not cached yet (or damaged) for this file."""
