@@ -33,8 +33,8 @@ from ttsbench.fileindex import FileKey, flush_all
 from ttsbench.models.base import ModelConfig
 
 Requests = dict[AudioConfig, tuple[str, ...]]  # front end -> the feature kinds computed with it
-Item = tuple[str, str]  # one utterance to prepare: its audio file and content digest
-Outcome = tuple[bool, str | None]  # per file: whether anything was computed, and `path: reason` if it failed
+# One utterance's missing work: its audio, content digest, and the kinds missing per front end.
+Work = tuple[str, str, tuple[tuple[AudioConfig, tuple[str, ...]], ...]]
 MAX_CHUNK = 32  # files per task: large enough to hide the pool's overhead, small for a live ETA
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,6 +65,22 @@ def feature_requests(configs: Iterable[tuple[str, ModelConfig]]) -> Requests:
         for kind, audio in models.get(system).features_for(config).items():
             merged.setdefault(audio, set()).add(kind)
     return {audio: tuple(sorted(kinds)) for audio, kinds in merged.items()}
+
+
+def missing_work(corpus: Corpus, requests: Mapping[AudioConfig, Sequence[str]], root: Path | None = None,
+                 progress: bool = True) -> list[Work]:
+    """Each utterance still missing a requested feature (or holding a damaged one)."""
+    caches = [(FeatureCache(audio, root), tuple(kinds)) for audio, kinds in requests.items()]
+    work: list[Work] = []
+    for utterance in tqdm(corpus.utterances, desc="checking the feature cache", unit="utt", disable=not progress,
+                          leave=False):
+        digest = file_digest(utterance.audio_path)
+        todo = tuple((cache.config, tuple(missing)) for cache, kinds in caches
+                     if (missing := cache.missing(utterance.audio_path, kinds, digest)))
+        if todo:
+            work.append((str(utterance.audio_path), digest, todo))
+    flush_all()
+    return work
 
 
 class Workers:
@@ -158,21 +174,17 @@ def prepare_features(corpus: Corpus, requests: Mapping[AudioConfig, Sequence[str
                      root: Path | None = None) -> PrepareSummary:
     """Compute every requested feature not cached yet, in `workers`.
 
-    The workers also check what is cached (a header read per file and kind), so a pass that finds
-    everything done is spread over the cores too. A file that fails does not stop the others:
-    every computed file is kept, then a UserError names each failure.
+    A file that fails does not stop the others: every computed file is kept, then a UserError
+    names each failure.
     """
     started = time.perf_counter()
-    items = [(str(utterance.audio_path), file_digest(utterance.audio_path)) for utterance in corpus.utterances]
-    flush_all()
-    outcomes = workers.run(functools.partial(prepare_chunk, requests=dict(requests), root=root), items, "features")
-    failures = [failure for _, failure in outcomes if failure]
+    work = missing_work(corpus, requests, root, workers.progress)
+    failures = workers.run(functools.partial(compute_chunk, root=root), work, "features")
     if failures:
         shown = "\n".join(failures[:20]) + (f"\n... and {len(failures) - 20} more" if len(failures) > 20 else "")
-        raise UserError(f"features of {len(failures)} of {len(items)} files could not be computed "
+        raise UserError(f"features of {len(failures)} of {len(work)} files could not be computed "
                         f"(the other files are cached):\n{shown}")
-    return PrepareSummary(len(corpus), sum(computed for computed, _ in outcomes), time.perf_counter() - started,
-                          workers.count)
+    return PrepareSummary(len(corpus), len(work), time.perf_counter() - started, workers.count)
 
 
 def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str]], workers: int | None = None,
@@ -184,19 +196,14 @@ def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str
         return corpus, prepare_features(corpus, requests, pool)
 
 
-def prepare_chunk(chunk: Sequence[Item], requests: Requests, root: Path | None = None) -> list[Outcome]:
-    """One chunk of `prepare_features` (in a worker): each file's missing or damaged features."""
-    caches = [(FeatureCache(audio, root), kinds) for audio, kinds in requests.items()]
-    return [_prepare_file(Path(audio_path), digest, caches) for audio_path, digest in chunk]
-
-
-def _prepare_file(audio_path: Path, digest: str, caches: Sequence[tuple[FeatureCache, Sequence[str]]]) -> Outcome:
-    computed = False
-    for cache, kinds in caches:
-        if missing := cache.missing(audio_path, kinds, digest):
+def compute_chunk(chunk: Sequence[Work], root: Path | None = None) -> list[str]:
+    """Compute one chunk's features (in a worker); returns `path: reason` for each file that failed."""
+    failures = []
+    for audio_path, digest, todo in chunk:
+        for config, kinds in todo:
             try:
-                cache.compute(audio_path, missing, digest)
+                FeatureCache(config, root).compute(Path(audio_path), kinds, digest)
             except Exception as err:  # noqa: BLE001 - one bad file must not cost the others' work
-                return computed, f"{audio_path}: {type(err).__name__}: {str(err).strip()}"
-            computed = True
-    return computed, None
+                failures.append(f"{audio_path}: {type(err).__name__}: {str(err).strip()}")
+                break
+    return failures
