@@ -197,14 +197,15 @@ def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
 
 def build_optimizer(model: TTSModel, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
     config = model.config
-    # foreach: one multi-tensor kernel per update step instead of torch's per-parameter Python loop, which
-    # it uses on CPU by default (61-121 ms of a full-size FastSpeech2 step); the same arithmetic.
-    kwargs = dict(lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
-                  foreach=True)
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
     if config.optimizer not in optimizers:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use {', '.join(optimizers)}")
-    return optimizers[config.optimizer](params, **kwargs)
+    # Adam and AdamW fused: one vectorised pass over each weight per step (~4x fewer passes over
+    # memory than the multi-tensor path); RAdam has no fused kernel, so foreach (one multi-tensor
+    # kernel per update step instead of torch's per-parameter Python loop, its CPU default).
+    fastest = {"fused": True} if config.optimizer in ("adam", "adamw") else {"foreach": True}
+    return optimizers[config.optimizer](params, lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps,
+                                        weight_decay=config.weight_decay, **fastest)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -324,10 +325,11 @@ def optimizer_update(model: TTSModel, network: str, optimizer: torch.optim.Optim
     if scaler is not None:
         scaler.unscale_(optimizer)
     with_grad = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    # foreach: torch's CPU default is a Python loop over the weights (~500 of them in Glow-TTS)
     if config.grad_clip_value is not None:
-        torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value)
+        torch.nn.utils.clip_grad_value_(with_grad, config.grad_clip_value, foreach=True)
     max_norm = config.grad_clip_norm if config.grad_clip_norm is not None else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm, foreach=True)) if with_grad else 0.0
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
