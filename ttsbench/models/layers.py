@@ -36,7 +36,8 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
             return super().forward(x)
-        return x * (torch.rand_like(x) >= self.p).to(x.dtype).div_(1.0 - self.p)
+        # the mask made in place in the uniform draw's buffer: no bool tensor and no copy to x's dtype
+        return x * torch.rand_like(x).ge_(self.p).div_(1.0 - self.p)
 
 
 class Packing:
