@@ -203,3 +203,18 @@ def test_target_before_scoring_is_pending() -> None:
     controller.compute_scores(regression_loss(net), regression_batches(1))
     with pytest.raises(RuntimeError, match="already computed"):
         controller.compute_scores(regression_loss(net), regression_batches(1))
+
+
+def test_backward_leaves_pruned_weights_with_zero_gradient_and_kept_ones_untouched() -> None:
+    net, controller = scored_net()
+    controller.set_sparsity(0.4)
+    loss = regression_loss(net)(regression_batches(1, seed=2)[0])
+    raw = torch.autograd.grad(loss, controller.controlled, retain_graph=True)  # .grad untouched: no mask
+    for parameter in controller.controlled:  # accumulated onto an existing .grad, not only into a fresh one
+        parameter.grad = torch.zeros_like(parameter)
+    loss.backward()
+    masked = 0
+    for parameter, gradient, keep in zip(controller.controlled, raw, controller.keep_masks()):
+        assert torch.equal(parameter.grad, torch.where(keep, gradient, torch.zeros_like(gradient)))
+        masked += int((gradient[~keep] != 0).sum())
+    assert masked > 0  # the raw gradient did reach pruned weights

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ttsbench import cli, models
-from ttsbench.train import TrainOptions, train
+from ttsbench.train import TrainOptions, build_optimizer, train
 
 SCHEDULE = "gradual_training=[[0, 5, 4], [3, 3, 4], [6, 2, 2]]"
 OVERRIDES = [SCHEDULE, "max_decoder_steps=40"]
@@ -146,3 +146,27 @@ def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedd
     assert metrics["mcd"] == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="one recording per validation example"):
         validate(model, examples, pad_values(model), torch.device("cpu"), [], ["mcd"])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "radam"])
+def test_the_trainer_optimizer_updates_as_torch_default_one(optimizer: str) -> None:
+    """Adam and AdamW run fused and RAdam foreach (speed): the same update as torch's plain loop."""
+    model = models.build("glow-tts", models.config_for("glow-tts", "tiny").with_overrides(
+        [f"optimizer={optimizer}", "weight_decay=0.01"]), seed=0)
+    params = list(model.parameters())[:6]
+    initial = [p.detach().clone() for p in params]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    ours = build_optimizer(model, params)
+    config = model.config
+    plain = type(ours)(twins, lr=config.learning_rate, betas=tuple(config.betas), eps=config.eps,
+                       weight_decay=config.weight_decay, foreach=False)
+    assert ours.defaults["fused" if optimizer != "radam" else "foreach"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, twin in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=generator)
+            twin.grad = p.grad.clone()
+        ours.step()
+        plain.step()
+    for p, twin, p0 in zip(params, twins, initial):
+        assert not torch.equal(p, p0) and torch.allclose(p, twin, rtol=1e-5, atol=1e-7)
