@@ -110,11 +110,12 @@ def test_cli_train_then_synth(tmp_path, capsys):
 
 
 def test_wall_time_budget_ends_training_and_a_resume_does_not_extend_it(tmp_path, embedded_corpus):
-    budget = options(None, max_seconds=1.5, val_every=0, checkpoint_every=1000)
+    # a budget of a few steps; on a slow or busy machine one step can take it all, which is still a pass
+    budget = options(None, max_seconds=3.0, val_every=0, checkpoint_every=1000)
     first = train(tacotron(), embedded_corpus, tmp_path, budget)
-    rows = read_log(tmp_path)
-    assert rows[-2]["seconds"] < 1.5 <= rows[-1]["seconds"]  # the step that crossed the budget was the last
-    assert first.steps == len(rows) > 1  # stopped on time, after the step that crossed the budget
+    seconds = [row["seconds"] for row in read_log(tmp_path)]
+    assert all(s < 3.0 for s in seconds[:-1]) and seconds[-1] >= 3.0  # the step that crossed it was the last
+    assert first.steps == len(seconds)
     again = train(tacotron(), embedded_corpus, tmp_path, budget)
     assert again.steps == first.steps  # the budget was already spent: no further step
     with pytest.raises(ValueError, match="needs a budget"):
