@@ -95,7 +95,8 @@ def test_pitch_and_energy_line_up_with_the_mel(embedded_corpus: Corpus) -> None:
     utterance = sorted(embedded_corpus.utterances, key=lambda u: u.num_samples)[0]
     config = AudioConfig()
     audio = load_audio(utterance.audio_path, config)
-    f0, energy = pitch_feature(Clip(audio, config)), energy_feature(Clip(audio, config))
+    clip = Clip(audio, config)
+    f0, energy = pitch_feature(clip), energy_feature(clip)
     frames = 1 + len(audio) // config.hop_length
     assert f0.shape == (frames,) and energy.shape == (frames,)
     voiced = f0[f0 > 0]

@@ -262,7 +262,7 @@ class SparsityController(nn.Module):
         """After backward accumulates a weight's `.grad`: zero its pruned entries in place (a
         hook on the incoming gradient would allocate a masked copy of every weight each step)."""
         factors = self.keep_factors()
-        if factors is not None and parameter.grad is not None:
+        if factors is not None:
             parameter.grad.mul_(factors[index])
 
     def _forget_masks(self) -> None:
