@@ -17,7 +17,7 @@ from ttsbench.cli import main
 from ttsbench.data import FeatureCache, FeatureFiles, check_corpus, collate, load_examples
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileIndex
-from ttsbench.prepare import Workers, feature_requests, prepare_corpus, prepare_features
+from ttsbench.prepare import Workers, feature_requests, prepare_corpus
 from ttsbench.train import EpochPlan, LazyBatches, Prefetcher, TrainOptions, TrainState, train
 
 # The fixture was recorded on another machine: its CPU's kernels round differently in the last bits,
@@ -106,14 +106,19 @@ def test_a_truncated_feature_file_is_computed_again(embedded_corpus, tmp_path: P
 
 def test_prepare_in_a_pool_computes_what_a_job_would(embedded_corpus, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two spawned workers (chunks made small so the 24 clips reach the pool); then nothing is
-    left to do, and the files equal those computed in this process."""
+    """Two workers (chunks made small so the 24 clips reach the pool) on a new file index: the
+    pool reads each clip and computes its features in one pass, and the corpus check then finds
+    what the pool read. A second pass finds everything done, and the files equal those computed
+    in this process."""
     monkeypatch.setattr(prepare, "MAX_CHUNK", 4)
+    monkeypatch.setenv("TTSBENCH_CACHE", str(tmp_path / "new-index"))
     requests = feature_requests([("tacotron-gradual", models.config_for("tacotron-gradual", "tiny"))])
     with Workers(2, progress=False) as workers:
-        summary = prepare_features(embedded_corpus, requests, workers, root=tmp_path / "pool")
+        corpus, summary = prepare_corpus("embedded", requests, workers, root=tmp_path / "pool")
         assert summary.computed == len(embedded_corpus) and summary.workers == 2
-        assert prepare_features(embedded_corpus, requests, workers, root=tmp_path / "pool").computed == 0
+        assert [u.num_samples for u in corpus.utterances] == [u.num_samples for u in embedded_corpus.utterances]
+        assert data.facts_unknown([u.audio_path for u in corpus.utterances]) == []
+        assert prepare_corpus("embedded", requests, workers, root=tmp_path / "pool")[1].computed == 0
     (config, kinds), = requests.items()
     for utterance in embedded_corpus.utterances[:4]:
         pooled = FeatureCache(config, tmp_path / "pool").get(utterance.audio_path, kinds)
@@ -135,7 +140,7 @@ def test_prepare_names_a_file_it_cannot_compute_and_keeps_the_rest(embedded_corp
     monkeypatch.setattr(data, "load_audio", load)
     requests = {models.get("glow-tts").Config.tiny().audio: ("mel",)}
     with Workers(1, progress=False) as workers, pytest.raises(UserError) as raised:
-        prepare_features(embedded_corpus, requests, workers, root=tmp_path)
+        prepare_corpus("embedded", requests, workers, root=tmp_path)
     assert f"{broken}: RuntimeError: decoder exploded" in str(raised.value)
     assert "1 of 24 files" in str(raised.value)
     assert len(list(tmp_path.rglob("*.mel.npy"))) == len(embedded_corpus) - 1
@@ -154,7 +159,7 @@ def test_prepare_corpus_validates_after_reading_in_the_pool(tmp_path: Path) -> N
     (tmp_path / "wavs" / "b.wav").write_bytes(b"RIFF not audio")
     (tmp_path / "metadata.csv").write_text("a|one|one\nb|two|two\n", "utf-8")
     with pytest.raises(data.CorpusError) as raised:
-        prepare_corpus(tmp_path, {}, workers=1, progress=False)
+        prepare_corpus(tmp_path, {}, Workers(1, progress=False))
     assert "metadata.csv:2: unreadable audio" in str(raised.value)
 
 

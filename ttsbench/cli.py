@@ -28,7 +28,7 @@ from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, summari
 from ttsbench.metrics.stats import Interval, mean_interval
 from ttsbench.models import load_checkpoint
 from ttsbench.models.base import DEVICES, PRESETS
-from ttsbench.prepare import feature_requests, prepare_corpus
+from ttsbench.prepare import Workers, feature_requests, prepare_corpus
 from ttsbench.report import build_report
 from ttsbench.runner import run_suite
 from ttsbench.suite import EXECUTOR_TYPES, load_suite
@@ -58,7 +58,8 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
     systems = args.systems.split(",") if args.systems else models.names()
     configs = [(system, models.config_for(system, args.preset)) for system in systems]
-    corpus, summary = prepare_corpus(args.path, feature_requests(configs), args.workers, not args.quiet)
+    with Workers(args.workers, not args.quiet) as pool:
+        corpus, summary = prepare_corpus(args.path, feature_requests(configs), pool)
     print(f"{corpus.name}: {summary} -> {default_cache_dir()}")
     return 0
 
@@ -94,7 +95,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     config = models.config_for(args.system, args.preset, args.set or [])
-    corpus, _ = prepare_corpus(args.corpus, feature_requests([(args.system, config)]), progress=not args.quiet)
+    with Workers(progress=not args.quiet) as pool:
+        corpus, _ = prepare_corpus(args.corpus, feature_requests([(args.system, config)]), pool)
     model = models.build(args.system, config, seed=args.seed)
     options = TrainOptions(
         steps=args.steps,

@@ -108,10 +108,9 @@ _INDEXES: dict[Path, FileIndex] = {}
 
 def file_index(root: Path) -> FileIndex:
     """The process's index under `root` (one per cache root, so a changed TTSBENCH_CACHE is honoured)."""
-    database = root / "files.sqlite"
-    if database not in _INDEXES:
-        _INDEXES[database] = FileIndex(database)
-    return _INDEXES[database]
+    if root not in _INDEXES:
+        _INDEXES[root] = FileIndex(root / "files.sqlite")
+    return _INDEXES[root]
 
 
 def flush_all() -> None:

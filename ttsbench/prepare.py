@@ -13,9 +13,10 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +27,15 @@ from tqdm.auto import tqdm
 
 from ttsbench import models
 from ttsbench.audio import AudioConfig
-from ttsbench.data import (Corpus, FeatureCache, corpus_audio_files, facts_unknown, file_digest, file_facts,
+from ttsbench.data import (DIGEST_FACT, Corpus, FeatureCache, corpus_audio_files, facts_unknown, file_digest, file_facts,
                            load_corpus, remember_facts)
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, flush_all
 from ttsbench.models.base import ModelConfig
 
 Requests = dict[AudioConfig, tuple[str, ...]]  # front end -> the feature kinds computed with it
-# One utterance's missing work: its audio, content digest, and the kinds missing per front end.
-Work = tuple[str, str, tuple[tuple[AudioConfig, tuple[str, ...]], ...]]
 MAX_CHUNK = 32  # files per task: large enough to hide the pool's overhead, small for a live ETA
+QUEUED = 4  # chunks submitted ahead per pool process (see Workers._shared)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -67,37 +67,22 @@ def feature_requests(configs: Iterable[tuple[str, ModelConfig]]) -> Requests:
     return {audio: tuple(sorted(kinds)) for audio, kinds in merged.items()}
 
 
-def missing_work(corpus: Corpus, requests: Mapping[AudioConfig, Sequence[str]], root: Path | None = None,
-                 progress: bool = True) -> list[Work]:
-    """Each utterance still missing a requested feature (or holding a damaged one)."""
-    caches = [(FeatureCache(audio, root), tuple(kinds)) for audio, kinds in requests.items()]
-    work: list[Work] = []
-    for utterance in tqdm(corpus.utterances, desc="checking the feature cache", unit="utt", disable=not progress,
-                          leave=False):
-        digest = file_digest(utterance.audio_path)
-        todo = tuple((cache.config, tuple(missing)) for cache, kinds in caches
-                     if (missing := cache.missing(utterance.audio_path, kinds, digest)))
-        if todo:
-            work.append((str(utterance.audio_path), digest, todo))
-    flush_all()
-    return work
-
-
 class Workers:
     """N processes computing one pass: this one and a pool of N - 1, taking chunks from one queue.
 
     This process works too, so nothing waits while the pool starts (its processes import torch
-    first), and N workers keep N cores busy. The pool is started on first use and shared by the
-    passes of one preparation; its processes are forked from a fork server that has imported only
-    this module (not from this process: a forked copy of a process that has run torch's thread
-    pool can hang; spawn where there is no fork server). Each runs one thread. Work of a chunk or
-    less (the 24 embedded clips) never starts a pool.
+    first), and N workers keep N cores busy. The pool is started by `start` or on first use and
+    shared by the passes of one preparation; its processes are forked from a fork server that has
+    imported only this module (not from this process: a forked copy of a process that has run
+    torch's thread pool can hang; spawn where there is no fork server). Each runs one thread.
+    Work of a chunk or less (the 24 embedded clips) never starts a pool.
     """
 
     def __init__(self, count: int | None = None, progress: bool = True):
         self.count = count or available_cores()
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
+        self._ready = threading.Event()  # set once the pool has answered: submitting no longer blocks
 
     def __enter__(self) -> "Workers":
         return self
@@ -106,23 +91,38 @@ class Workers:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)  # whole files only: each is written atomically
 
+    def start(self) -> ProcessPoolExecutor:
+        """Start the pool's processes without waiting for them. The first submit blocks until the
+        fork server has imported torch and forked (~1.5 s), so a thread makes it while this
+        process goes on with its own work; `run` gives the pool chunks once it has answered."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.count - 1, mp_context=_worker_context(), initializer=_init_worker)
+            threading.Thread(target=self._first_answer, args=(self._pool,), daemon=True).start()
+        return self._pool
+
+    def _first_answer(self, pool: ProcessPoolExecutor) -> None:
+        pool.submit(int).add_done_callback(lambda _: self._ready.set())
+
     def run(self, function: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str) -> list[R]:
-        """`function` over chunks of `items`, results concatenated, with a progress bar and ETA."""
+        """`function` over chunks of `items`, results concatenated (in no set order), with a
+        progress bar and ETA."""
         with tqdm(total=len(items), desc=desc, unit="file", disable=not self.progress or not items) as bar:
             if self.count == 1 or len(items) <= MAX_CHUNK:
                 return [result for chunk in _chunks(items, MAX_CHUNK) for result in _counted(function, chunk, bar)]
-            return self._shared(function, deque(_chunks(items, MAX_CHUNK)), bar)
+            return self._shared(self.start(), function, deque(_chunks(items, MAX_CHUNK)), bar)
 
-    def _shared(self, function: Callable[[Sequence[T]], list[R]], queue: deque[Sequence[T]], bar: tqdm) -> list[R]:
-        """Keep two chunks queued per pool process; this process takes the next chunk meanwhile."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.count - 1, mp_context=_worker_context(), initializer=_init_worker)
+    def _shared(self, pool: ProcessPoolExecutor, function: Callable[[Sequence[T]], list[R]],
+                queue: deque[Sequence[T]], bar: tqdm) -> list[R]:
+        """Keep QUEUED chunks per pool process submitted once it is up; this process takes the
+        next chunk meanwhile. It sees a finished chunk only between two of its own, and the
+        pool's next chunk reaches it only when this busy process's feeder threads get the GIL,
+        so a shallow queue leaves the pool waiting (with 2, ~10 % of its time)."""
         pending: dict[Future, int] = {}
         results: list[R] = []
         while queue or pending:
-            while queue and len(pending) < 2 * (self.count - 1):
+            while queue and self._ready.is_set() and len(pending) < QUEUED * (self.count - 1):
                 chunk = queue.popleft()
-                pending[self._pool.submit(function, chunk)] = len(chunk)
+                pending[pool.submit(function, chunk)] = len(chunk)
             for future in [f for f in pending if f.done()]:
                 results += future.result()
                 bar.update(pending.pop(future))
@@ -157,53 +157,93 @@ def _init_worker() -> None:
     models.names()
 
 
-def read_corpus_files(path: str | Path, workers: Workers) -> None:
-    """Scan and hash, in the pool, every audio file of a corpus the file index does not know yet,
-    so that the `check_corpus` after it (serial, reading every sample) finds them all done."""
-    unknown = facts_unknown(corpus_audio_files(path))
-    for key, facts in workers.run(facts_chunk, unknown, "reading audio"):
-        remember_facts(key, facts)
-    flush_all()
+@dataclass(frozen=True)
+class FileTask:
+    """One audio file's share of a preparation (what a worker is sent)."""
+
+    path: str
+    digest: str | None  # None: the file index does not know this version; the worker reads it first
+    todo: tuple[tuple[AudioConfig, tuple[str, ...]], ...]  # kinds per front end; unchecked when digest is None
 
 
-def facts_chunk(paths: Sequence[Path]) -> list[tuple[FileKey, dict[str, Any]]]:
-    return [file_facts(path) for path in paths]
+@dataclass(frozen=True)
+class FileOutcome:
+    """What a worker learnt about one file: its facts (for the index) and whether it computed."""
+
+    key: FileKey | None  # None when the facts were known already
+    facts: dict[str, Any]
+    computed: bool
+    failure: str | None  # `path: reason` when a feature could not be computed
 
 
-def prepare_features(corpus: Corpus, requests: Mapping[AudioConfig, Sequence[str]], workers: Workers,
-                     root: Path | None = None) -> PrepareSummary:
-    """Compute every requested feature not cached yet, in `workers`.
+def file_tasks(paths: Sequence[Path], unknown: Set[Path], requests: Mapping[AudioConfig, Sequence[str]],
+               root: Path | None = None, progress: bool = True) -> list[FileTask]:
+    """The work left per file. A file the index knows (not in `unknown`) is checked against the
+    cache here and left out when complete (so a cached corpus starts no pool); an unknown one goes
+    to the pool whole, which reads, hashes and checks it there instead of in this process."""
+    todo = tuple((audio, tuple(kinds)) for audio, kinds in requests.items())
+    caches = [(FeatureCache(audio, root), kinds) for audio, kinds in todo]
+    tasks: list[FileTask] = []
+    for path in tqdm(paths, desc="checking the feature cache", unit="file", disable=not progress, leave=False):
+        if path in unknown:
+            tasks.append(FileTask(str(path), None, todo))
+            continue
+        digest = file_digest(path)
+        missing = tuple((cache.config, tuple(kinds)) for cache, all_kinds in caches
+                        if (kinds := cache.missing(path, all_kinds, digest)))
+        if missing:
+            tasks.append(FileTask(str(path), digest, missing))
+    return tasks
 
-    A file that fails does not stop the others: every computed file is kept, then a UserError
-    names each failure.
+
+def prepare_chunk(chunk: Sequence[FileTask], root: Path | None = None) -> list[FileOutcome]:
+    """Do one chunk's tasks (in a worker)."""
+    return [prepare_file(task, root) for task in chunk]
+
+
+def prepare_file(task: FileTask, root: Path | None = None) -> FileOutcome:
+    """Read the file if it is new (scan + digest, one pass), then compute its missing features,
+    one decode per front end. A file that cannot be opened gets no features: the corpus check
+    after the pass names it. A failure does not stop the others (see `prepare_corpus`)."""
+    path = Path(task.path)
+    key, facts = (None, {}) if task.digest else file_facts(path)
+    digest = task.digest or facts.get(DIGEST_FACT)
+    computed = False
+    for config, kinds in task.todo if digest else ():
+        cache = FeatureCache(config, root)
+        try:
+            if missing := (kinds if task.digest else cache.missing(path, kinds, digest)):
+                cache.compute(path, missing, digest)
+                computed = True
+        except Exception as err:  # noqa: BLE001 - one bad file must not cost the others' work
+            return FileOutcome(key, facts, computed, f"{path}: {type(err).__name__}: {str(err).strip()}")
+    return FileOutcome(key, facts, computed, None)
+
+
+def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str]], workers: Workers,
+                   root: Path | None = None) -> tuple[Corpus, PrepareSummary]:
+    """Validate a corpus and compute every requested feature not cached yet, in one pass of
+    `workers` over its audio files: each new file is read, hashed and turned into features by
+    one worker, so the pool's start-up falls inside the long pass and no core waits for a
+    separate reading pass to end. The corpus check runs after it, finding every file's scan in
+    the file index; a file that fails to compute does not stop the others: every computed file
+    is kept, then a UserError names each failure (after a CorpusError, which says more).
     """
     started = time.perf_counter()
-    work = missing_work(corpus, requests, root, workers.progress)
-    failures = workers.run(functools.partial(compute_chunk, root=root), work, "features")
-    if failures:
+    files = list(dict.fromkeys(corpus_audio_files(path)))  # a duplicated id is check_corpus's to report
+    unknown = set(facts_unknown(files))
+    if len(unknown) > MAX_CHUNK and workers.count > 1:
+        workers.start()  # its processes start up while this one checks the cache
+    tasks = file_tasks(files, unknown, requests, root, workers.progress)
+    outcomes = workers.run(functools.partial(prepare_chunk, root=root), tasks, "features")
+    for outcome in outcomes:
+        if outcome.key is not None:
+            remember_facts(outcome.key, outcome.facts)
+    flush_all()
+    corpus = load_corpus(path)
+    if failures := [outcome.failure for outcome in outcomes if outcome.failure]:
         shown = "\n".join(failures[:20]) + (f"\n... and {len(failures) - 20} more" if len(failures) > 20 else "")
-        raise UserError(f"features of {len(failures)} of {len(work)} files could not be computed "
+        raise UserError(f"features of {len(failures)} of {len(tasks)} files could not be computed "
                         f"(the other files are cached):\n{shown}")
-    return PrepareSummary(len(corpus), len(work), time.perf_counter() - started, workers.count)
-
-
-def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str]], workers: int | None = None,
-                   progress: bool = True) -> tuple[Corpus, PrepareSummary]:
-    """Validate a corpus and compute its features, both spread over `workers` processes."""
-    with Workers(workers, progress) as pool:
-        read_corpus_files(path, pool)
-        corpus = load_corpus(path)
-        return corpus, prepare_features(corpus, requests, pool)
-
-
-def compute_chunk(chunk: Sequence[Work], root: Path | None = None) -> list[str]:
-    """Compute one chunk's features (in a worker); returns `path: reason` for each file that failed."""
-    failures = []
-    for audio_path, digest, todo in chunk:
-        for config, kinds in todo:
-            try:
-                FeatureCache(config, root).compute(Path(audio_path), kinds, digest)
-            except Exception as err:  # noqa: BLE001 - one bad file must not cost the others' work
-                failures.append(f"{audio_path}: {type(err).__name__}: {str(err).strip()}")
-                break
-    return failures
+    computed = sum(outcome.computed for outcome in outcomes)
+    return corpus, PrepareSummary(len(corpus), computed, time.perf_counter() - started, workers.count)

@@ -23,12 +23,11 @@ import pandas
 import torch
 
 import ttsbench
-from ttsbench.data import Corpus, CorpusError, check_corpus
 from ttsbench.errors import RunStoreError, UserError
 from ttsbench.executors import make_executor
 from ttsbench.metrics.speed import environment
 from ttsbench.models import config_for
-from ttsbench.prepare import Requests, Workers, feature_requests, prepare_features, read_corpus_files
+from ttsbench.prepare import PrepareSummary, Requests, Workers, feature_requests, prepare_corpus
 from ttsbench.results import RunStore
 from ttsbench.suite import ExecutorSpec, Job, Suite
 from ttsbench.train import resolve_device
@@ -61,15 +60,15 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
     store.root.mkdir(parents=True, exist_ok=True)
     with _locked(store.root):
         with Workers(progress=progress) as workers:  # the pool ends before the first job starts
-            corpus = check_suite_corpus(suite, workers)
             jobs = suite.jobs()
             store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
+            pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
+            prepared = prepare_suite_corpus(suite, job_features(pending), workers)
             for line in store.damaged:
                 log(f"skipped: {line}")
             store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
-            pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
             if pending:
-                log(f"{suite.name}: {prepare_features(corpus, job_features(pending), workers)}")
+                log(f"{suite.name}: {prepared}")
         log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
             f"({runner.name} executor) -> {store.root}")
         states: dict[str, str] = {}
@@ -108,19 +107,15 @@ class _locked:
             self.handle.close()
 
 
-def check_suite_corpus(suite: Suite, workers: Workers) -> Corpus:
-    """Make a synthetic corpus if needed and check the corpus before the first job, so a broken
-    one fails once, naming every problem, instead of failing every job. Its files are read in
-    the pool first, so the check itself finds every file's scan done."""
+def prepare_suite_corpus(suite: Suite, requests: Requests, workers: Workers) -> PrepareSummary:
+    """Make a synthetic corpus if needed, then check it and compute the pending jobs' features
+    before the first job, so a broken corpus fails once, naming every problem, instead of
+    failing every job, and no job extracts features itself."""
     location = suite.prepare_corpus(workers.progress)
     if location != "embedded" and not Path(location).is_dir():
         raise UserError(f"{suite.path}: corpus {suite.corpus!r} is {location!r}, which is not a folder "
                         "(set the variable or edit the suite)")
-    read_corpus_files(location, workers)
-    corpus, problems = check_corpus(location)
-    if problems:
-        raise CorpusError(problems)
-    return corpus
+    return prepare_corpus(location, requests, workers)[1]
 
 
 def job_features(jobs: Sequence[Job]) -> Requests:
