@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ttsbench import cli, models
+from ttsbench.commands import training
 from ttsbench.data import embedded_corpus_path
 
 MARKER = Path("/tmp/ttsbench-pickle-payload-ran")
@@ -226,7 +227,7 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_kept(monkeypatch, ca
     def broken(args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "_cmd_list", broken)
+    monkeypatch.setattr(training, "cmd_list", broken)
     code, output = run(capsys, "list")
     assert code == 1 and "Traceback" not in output, output
     assert "unexpected ZeroDivisionError: division by zero" in output and "re-run with --debug" in output

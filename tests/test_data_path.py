@@ -4,6 +4,8 @@ prefetched batches, and that training computes what it computed before them."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -151,6 +153,17 @@ def test_data_prepare_command_then_everything_cached(capsys: pytest.CaptureFixtu
     assert main(["data", "prepare", "embedded", "--systems", "glow-tts", "--quiet"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "features of 24 utterances: 0 computed, 24 already cached" in last
+
+
+def test_data_prepare_imports_neither_metrics_nor_runner_nor_report() -> None:
+    """Start-up is serial time in every preparation (and in each pool process started from the
+    `ttsbench` script): the command loads only what it uses."""
+    heavy = ("ttsbench.metrics.quality", "ttsbench.runner", "ttsbench.report", "ttsbench.train", "matplotlib",
+             "pandas", "scipy.signal", "resemblyzer")
+    code = (f"import sys, ttsbench.cli as cli; cli.handler('data:cmd_prepare'); "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_prepare_corpus_validates_after_reading_in_the_pool(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 from ttsbench.errors import UserError
 from ttsbench.jobs import execute
-from ttsbench.suite import EXECUTOR_TYPES, ExecutorSpec, Job
+from ttsbench.options import EXECUTOR_TYPES
+from ttsbench.suite import ExecutorSpec, Job
 
 Report = Callable[[Job, dict[str, Any]], None]
 RAY_INSTALL_HINT = "the Ray executor needs Ray: pip install 'ttsbench[ray]' (or: pip install 'ray[default]')"

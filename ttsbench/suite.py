@@ -61,9 +61,9 @@ from ttsbench.errors import UserError
 from ttsbench.metrics.alignment import load_hard_sentences
 from ttsbench.metrics.quality import METRICS
 from ttsbench.models.base import DEVICES, PRESETS
+from ttsbench.options import EXECUTOR_TYPES
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, KINDS, CorpusSpec, cached_corpus, corpus_cache_path
 
-EXECUTOR_TYPES = ("local", "ray")  # the keys of executors.EXECUTORS (that module checks it)
 REFERENCE_JOB = "reference"  # the job that scores the recordings and their vocoder copies
 REFERENCE_VARIANT = "recording"
 

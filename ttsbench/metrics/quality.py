@@ -65,7 +65,6 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
-import scipy.signal
 
 from ttsbench.audio import AudioConfig, griffin_lim_from_mel, mel_spectrogram
 from ttsbench.metrics.asr import ErrorCounts, char_errors, normalise_text, transcribe, word_errors
@@ -151,7 +150,7 @@ def wsola(synthesis: np.ndarray, source_centres: np.ndarray, hop: int, frame: in
     previously copied frame (normalised cross-correlation), so pitch periods line up.
     Requires frame == 2 * hop: periodic Hann windows at half overlap sum to one.
     """
-    window = scipy.signal.get_window("hann", frame)
+    window = np.hanning(frame + 1)[:-1]  # periodic Hann (scipy's get_window("hann")), without importing scipy.signal
     pad = frame + tolerance + hop
     padded = np.concatenate([np.zeros(pad), np.asarray(synthesis, dtype=np.float64), np.zeros(pad)])
     last_start = len(padded) - frame - tolerance
@@ -175,7 +174,7 @@ def _best_shift(signal: np.ndarray, start: int, natural: np.ndarray, tolerance: 
     if float(np.dot(natural, natural)) < 1e-12:
         return 0
     region = signal[start - tolerance : start + tolerance + len(natural)]
-    correlation = scipy.signal.correlate(region, natural, mode="valid")
+    correlation = np.correlate(region, natural, mode="valid")
     energy = np.convolve(region**2, np.ones(len(natural)), mode="valid")
     scores = correlation / np.sqrt(np.maximum(energy, 1e-12))
     best = int(np.argmax(scores))

@@ -1,0 +1,43 @@
+"""`ttsbench run` and `ttsbench report`: suites and their run folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from ttsbench.report import build_report
+from ttsbench.runner import run_suite
+from ttsbench.suite import load_suite
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    spec = suite.executor
+    if args.executor:
+        spec = replace(spec, type=args.executor)
+    if args.address:
+        spec = replace(spec, address=args.address)
+    if args.parallel is not None:
+        spec = replace(spec, parallel=args.parallel)
+    if args.retries is not None:
+        spec = replace(spec, retries=args.retries)
+    summary = run_suite(suite, args.out, spec, progress=not args.quiet, skip_damaged=args.skip_damaged)
+    counts = Counter(summary.states.values())
+    print(f"done: {summary.total} jobs, {summary.skipped} skipped as already done, "
+          + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f"; results in {args.out}")
+    if summary.failed:
+        print(f"failed jobs (see {args.out}/jobs.json): {', '.join(summary.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = args.out or str(Path("reports") / Path(args.run).resolve().name)
+    index = build_report(args.run, out, benchmarks=args.benchmarks, price_per_hour=args.price_per_hour,
+                         readme=args.readme, skip_damaged=args.skip_damaged,
+                         log=lambda line: print(line, file=sys.stderr))
+    print(f"report: {index} (and results.csv beside it)")
+    return 0

@@ -1,0 +1,42 @@
+"""`ttsbench list` and `ttsbench train`: the registered systems, and training one of them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ttsbench import models
+from ttsbench.prepare import Workers, feature_requests, prepare_corpus
+from ttsbench.train import TrainOptions, train
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in models.names():
+        print(f"{name}\t{models.describe(name)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = models.config_for(args.system, args.preset, args.set or [])
+    with Workers(progress=not args.quiet) as pool:
+        corpus, _ = prepare_corpus(args.corpus, feature_requests([(args.system, config)]), pool)
+    model = models.build(args.system, config, seed=args.seed)
+    options = TrainOptions(
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+        log_every=args.log_every,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.quiet,
+        threads=args.threads,
+    )
+    print(f"{args.system} ({args.preset}): {model.num_parameters():,} parameters, corpus {corpus.name}, out {args.out}")
+    result = train(model, corpus, args.out, options)
+    if result.state == "diverged":
+        print(f"error: {args.system} {result.message}", file=sys.stderr)
+        return 3
+    rate = result.steps / result.seconds if result.seconds else float("nan")
+    print(f"finished {result.steps} steps in {result.seconds:.1f} s of training ({rate:.2f} steps/s); "
+          f"loss {result.last_losses.get('loss', float('nan')):.4f}")
+    return 0
