@@ -89,6 +89,7 @@ def test_every_defect_kind_is_reported_with_file_and_line(corpus_copy):
         12: "not valid UTF-8",
     }
     assert len(problems) == len(expected), text
+    assert [p.line for p in problems] == sorted(expected)  # audio and text problems merged in line order
     for line, fragment in expected.items():
         assert any(t.startswith(f"{meta}:{line}: ") and fragment in t for t in text), (line, text)
     assert [u.id for u in corpus.utterances] == ["LJ001-0001", "LJ001-0005", "LJ001-0006"]

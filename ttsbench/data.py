@@ -290,6 +290,26 @@ def _silently_dropped(text: str, processor: TextProcessor, memo: dict[str, bool]
     return sorted(dropped)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A metadata line whose id and text passed, with its audio file (not read yet)."""
+
+    line: int
+    id: str
+    text: str
+    audio_path: Path
+
+
+@dataclass
+class CorpusListing:
+    """metadata.csv checked line by line, before any audio is read (see `list_corpus`)."""
+
+    root: Path
+    metadata: Path
+    entries: list[Listed]
+    problems: list[CorpusProblem]
+
+
 def check_corpus(
     path: str | Path,
     processor: TextProcessor | None = None,
@@ -302,47 +322,64 @@ def check_corpus(
     Every sample is read once, so audio that loads but would break or poison training (NaN/inf,
     silence, a cut-off file, a clip outside [min_seconds, max_seconds]) is caught here too.
     """
+    return check_listed_audio(list_corpus(path, processor), min_seconds=min_seconds, max_seconds=max_seconds)
+
+
+def list_corpus(path: str | Path, processor: TextProcessor | None = None) -> CorpusListing:
+    """The first half of `check_corpus`: every line's id (and duplicates), its text under the
+    text front end, and that its audio file exists. Reads no audio, so `prepare_corpus` runs it
+    while the pool that reads the audio is starting."""
     root = resolve_corpus_path(path)
-    processor = processor or TextProcessor()
     metadata = root / "metadata.csv"
     if not root.is_dir():
-        return Corpus(root, []), [CorpusProblem(root, 0, "corpus folder does not exist")]
+        return CorpusListing(root, metadata, [], [CorpusProblem(root, 0, "corpus folder does not exist")])
     if not metadata.is_file():
-        return Corpus(root, []), [CorpusProblem(metadata, 0, "metadata.csv is missing")]
-
-    problems: list[CorpusProblem] = []
-    utterances: list[Utterance] = []
+        return CorpusListing(root, metadata, [], [CorpusProblem(metadata, 0, "metadata.csv is missing")])
+    processor = processor or TextProcessor()
+    listing = CorpusListing(root, metadata, [], [])
     first_seen: dict[str, int] = {}
     dropped_memo: dict[str, bool] = {}
-
-    def problem(line: int, message: str) -> None:
-        problems.append(CorpusProblem(metadata, line, message))
-
     content = metadata.read_bytes().removeprefix(_UTF8_BOM)  # Excel and Notepad write one
     for line_no, raw in enumerate(content.splitlines(), start=1):
         entry = _metadata_entry(raw)
         if entry is None:
             continue
         if isinstance(entry, str):
-            problem(line_no, entry)
+            listing.problems.append(CorpusProblem(metadata, line_no, entry))
             continue
         utt_id, text = entry
         if utt_id in first_seen:
-            problem(line_no, f"duplicate id {utt_id!r} (first on line {first_seen[utt_id]})")
+            message = f"duplicate id {utt_id!r} (first on line {first_seen[utt_id]})"
+            listing.problems.append(CorpusProblem(metadata, line_no, message))
             continue
         first_seen[utt_id] = line_no
-        found = _text_problem(text, processor, dropped_memo) or _audio_entry(root / "wavs", utt_id, min_seconds,
-                                                                             max_seconds)
-        if isinstance(found, tuple):
-            utterances.append(Utterance(utt_id, text, found[0], line_no, found[1].frames, found[1].sample_rate))
-        else:
-            for message in ([found] if isinstance(found, str) else found):
-                problem(line_no, message)
+        audio_path = _find_audio(root / "wavs", utt_id)
+        problem = _text_problem(text, processor, dropped_memo) or (
+            None if audio_path else f"missing audio: {root / 'wavs' / (utt_id + '.wav')} does not exist")
+        if problem:
+            listing.problems.append(CorpusProblem(metadata, line_no, problem))
+        elif audio_path is not None:
+            listing.entries.append(Listed(line_no, utt_id, text, audio_path))
+    return listing
 
+
+def check_listed_audio(listing: CorpusListing, *, min_seconds: float = 0.3,
+                       max_seconds: float = 20.0) -> tuple[Corpus, list[CorpusProblem]]:
+    """The second half of `check_corpus`: each listed file's scan (from the file index when this
+    version of it was read before), its defects, and every problem in line order."""
+    problems = list(listing.problems)
+    utterances: list[Utterance] = []
+    for entry in listing.entries:
+        found = _audio_entry(entry.audio_path, min_seconds, max_seconds)
+        if isinstance(found, _AudioScan):
+            utterances.append(Utterance(entry.id, entry.text, entry.audio_path, entry.line, found.frames,
+                                        found.sample_rate))
+        else:
+            problems += [CorpusProblem(listing.metadata, entry.line, message) for message in found]
     if not utterances and not problems:
-        problem(1, "metadata.csv lists no utterances")
+        problems.append(CorpusProblem(listing.metadata, 1, "metadata.csv lists no utterances"))
     flush_all()
-    return Corpus(root, utterances), problems
+    return Corpus(listing.root, utterances), sorted(problems, key=lambda problem: problem.line)
 
 
 def _metadata_entry(raw: bytes) -> tuple[str, str] | str | None:
@@ -379,20 +416,15 @@ def _text_problem(text: str, processor: TextProcessor, dropped_memo: dict[str, b
     return None
 
 
-def _audio_entry(wav_dir: Path, utt_id: str, min_seconds: float,
-                 max_seconds: float) -> tuple[Path, _AudioScan] | str | list[str]:
-    """(path, scan) of an utterance's audio, or every defect found in it."""
-    audio_path = _find_audio(wav_dir, utt_id)
-    if audio_path is None:
-        return f"missing audio: {wav_dir / (utt_id + '.wav')} does not exist"
+def _audio_entry(audio_path: Path, min_seconds: float, max_seconds: float) -> _AudioScan | list[str]:
+    """The scan of an utterance's audio, or every defect found in it."""
     try:
         scan = _cached_scan(audio_path)
     except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
-        return f"unreadable audio {audio_path}: {str(err).strip()}"
+        return [f"unreadable audio {audio_path}: {str(err).strip()}"]
     if scan.declared_frames == 0:
-        return f"zero-length audio: {audio_path}"
-    defects = _audio_defects(audio_path, scan, min_seconds, max_seconds)
-    return defects or (audio_path, scan)
+        return [f"zero-length audio: {audio_path}"]
+    return _audio_defects(audio_path, scan, min_seconds, max_seconds) or scan
 
 
 def load_corpus(

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ttsbench import models
 from ttsbench.audio import AudioConfig
-from ttsbench.data import (DIGEST_FACT, Corpus, FeatureCache, corpus_audio_files, facts_unknown, file_digest, file_facts,
-                           load_corpus, remember_facts)
+from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, FeatureCache, check_listed_audio, corpus_audio_files,
+                           facts_unknown, file_digest, file_facts, list_corpus, remember_facts)
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, flush_all
 from ttsbench.models.base import ModelConfig
@@ -103,16 +103,18 @@ class Workers:
     def _first_answer(self, pool: ProcessPoolExecutor) -> None:
         pool.submit(int).add_done_callback(lambda _: self._ready.set())
 
-    def run(self, function: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str) -> list[R]:
+    def run(self, function: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str,
+            on_chunk: Callable[[list[R]], object] = lambda results: None) -> list[R]:
         """`function` over chunks of `items`, results concatenated (in no set order), with a
-        progress bar and ETA."""
+        progress bar and ETA; `on_chunk` sees each chunk's results as soon as they are in."""
         with tqdm(total=len(items), desc=desc, unit="file", disable=not self.progress or not items) as bar:
             if self.count == 1 or len(items) <= MAX_CHUNK:
-                return [result for chunk in _chunks(items, MAX_CHUNK) for result in _counted(function, chunk, bar)]
-            return self._shared(self.start(), function, deque(_chunks(items, MAX_CHUNK)), bar)
+                return [result for chunk in _chunks(items, MAX_CHUNK)
+                        for result in _counted(function(chunk), len(chunk), bar, on_chunk)]
+            return self._shared(self.start(), function, deque(_chunks(items, MAX_CHUNK)), bar, on_chunk)
 
     def _shared(self, pool: ProcessPoolExecutor, function: Callable[[Sequence[T]], list[R]],
-                queue: deque[Sequence[T]], bar: tqdm) -> list[R]:
+                queue: deque[Sequence[T]], bar: tqdm, on_chunk: Callable[[list[R]], object]) -> list[R]:
         """Keep QUEUED chunks per pool process submitted once it is up; this process takes the
         next chunk meanwhile. It sees a finished chunk only between two of its own, and the
         pool's next chunk reaches it only when this busy process's feeder threads get the GIL,
@@ -124,10 +126,10 @@ class Workers:
                 chunk = queue.popleft()
                 pending[pool.submit(function, chunk)] = len(chunk)
             for future in [f for f in pending if f.done()]:
-                results += future.result()
-                bar.update(pending.pop(future))
+                results += _counted(future.result(), pending.pop(future), bar, on_chunk)
             if queue:
-                results += _counted(function, queue.popleft(), bar)
+                chunk = queue.popleft()
+                results += _counted(function(chunk), len(chunk), bar, on_chunk)
             elif pending:
                 wait(pending, return_when=FIRST_COMPLETED)
         return results
@@ -137,9 +139,9 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _counted(function: Callable[[Sequence[T]], list[R]], chunk: Sequence[T], bar: tqdm) -> list[R]:
-    results = function(chunk)
-    bar.update(len(chunk))
+def _counted(results: list[R], size: int, bar: tqdm, on_chunk: Callable[[list[R]], object]) -> list[R]:
+    on_chunk(results)
+    bar.update(size)
     return results
 
 
@@ -196,6 +198,14 @@ def file_tasks(paths: Sequence[Path], unknown: Set[Path], requests: Mapping[Audi
     return tasks
 
 
+def _remember(outcomes: Sequence[FileOutcome]) -> None:
+    """Store the facts a chunk read (as it arrives: a killed pass keeps them, and this runs while
+    the pool is still working instead of after it)."""
+    for outcome in outcomes:
+        if outcome.key is not None:
+            remember_facts(outcome.key, outcome.facts)
+
+
 def prepare_chunk(chunk: Sequence[FileTask], root: Path | None = None) -> list[FileOutcome]:
     """Do one chunk's tasks (in a worker)."""
     return [prepare_file(task, root) for task in chunk]
@@ -225,22 +235,23 @@ def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str
     """Validate a corpus and compute every requested feature not cached yet, in one pass of
     `workers` over its audio files: each new file is read, hashed and turned into features by
     one worker, so the pool's start-up falls inside the long pass and no core waits for a
-    separate reading pass to end. The corpus check runs after it, finding every file's scan in
-    the file index; a file that fails to compute does not stop the others: every computed file
-    is kept, then a UserError names each failure (after a CorpusError, which says more).
+    separate reading pass to end. The corpus check runs in two halves: its text checks while the
+    pool starts, its audio checks after the pass, on the scans the pool stored. A file that fails
+    to compute does not stop the others: every computed file is kept, then a UserError names each
+    failure (after a CorpusError, which says more).
     """
     started = time.perf_counter()
     files = list(dict.fromkeys(corpus_audio_files(path)))  # a duplicated id is check_corpus's to report
     unknown = set(facts_unknown(files))
     if len(unknown) > MAX_CHUNK and workers.count > 1:
-        workers.start()  # its processes start up while this one checks the cache
+        workers.start()  # its processes start up while this one checks the texts and the cache
+    listing = list_corpus(path)
     tasks = file_tasks(files, unknown, requests, root, workers.progress)
-    outcomes = workers.run(functools.partial(prepare_chunk, root=root), tasks, "features")
-    for outcome in outcomes:
-        if outcome.key is not None:
-            remember_facts(outcome.key, outcome.facts)
+    outcomes = workers.run(functools.partial(prepare_chunk, root=root), tasks, "features", on_chunk=_remember)
     flush_all()
-    corpus = load_corpus(path)
+    corpus, problems = check_listed_audio(listing)
+    if problems:
+        raise CorpusError(problems)
     if failures := [outcome.failure for outcome in outcomes if outcome.failure]:
         shown = "\n".join(failures[:20]) + (f"\n... and {len(failures) - 20} more" if len(failures) > 20 else "")
         raise UserError(f"features of {len(failures)} of {len(tasks)} files could not be computed "
