@@ -292,12 +292,12 @@ def _silently_dropped(text: str, processor: TextProcessor, memo: dict[str, bool]
 
 @dataclass(frozen=True)
 class Listed:
-    """A metadata line whose id and text passed, with its audio file (not read yet)."""
+    """A metadata line whose id passed, with its audio file (not read yet; None when missing)."""
 
     line: int
     id: str
     text: str
-    audio_path: Path
+    audio_path: Path | None
 
 
 @dataclass
@@ -326,19 +326,23 @@ def check_corpus(
 
 
 def list_corpus(path: str | Path, processor: TextProcessor | None = None) -> CorpusListing:
-    """The first half of `check_corpus`: every line's id (and duplicates), its text under the
-    text front end, and that its audio file exists. Reads no audio, so `prepare_corpus` runs it
-    while the pool that reads the audio is starting."""
+    """The first half of `check_corpus`: every line's id (and duplicates) and its text under the
+    text front end. Reads no audio."""
+    return check_texts(read_metadata(path), processor)
+
+
+def read_metadata(path: str | Path) -> CorpusListing:
+    """metadata.csv's lines with their ids checked (and duplicates) and each audio file looked
+    up, texts not checked yet: what `prepare_corpus` needs to start reading audio in its pool
+    before `check_texts` runs."""
     root = resolve_corpus_path(path)
     metadata = root / "metadata.csv"
     if not root.is_dir():
         return CorpusListing(root, metadata, [], [CorpusProblem(root, 0, "corpus folder does not exist")])
     if not metadata.is_file():
         return CorpusListing(root, metadata, [], [CorpusProblem(metadata, 0, "metadata.csv is missing")])
-    processor = processor or TextProcessor()
     listing = CorpusListing(root, metadata, [], [])
     first_seen: dict[str, int] = {}
-    dropped_memo: dict[str, bool] = {}
     content = metadata.read_bytes().removeprefix(_UTF8_BOM)  # Excel and Notepad write one
     for line_no, raw in enumerate(content.splitlines(), start=1):
         entry = _metadata_entry(raw)
@@ -353,24 +357,32 @@ def list_corpus(path: str | Path, processor: TextProcessor | None = None) -> Cor
             listing.problems.append(CorpusProblem(metadata, line_no, message))
             continue
         first_seen[utt_id] = line_no
-        audio_path = _find_audio(root / "wavs", utt_id)
-        problem = _text_problem(text, processor, dropped_memo) or (
-            None if audio_path else f"missing audio: {root / 'wavs' / (utt_id + '.wav')} does not exist")
-        if problem:
-            listing.problems.append(CorpusProblem(metadata, line_no, problem))
-        elif audio_path is not None:
-            listing.entries.append(Listed(line_no, utt_id, text, audio_path))
+        listing.entries.append(Listed(line_no, utt_id, text, _find_audio(root / "wavs", utt_id)))
     return listing
+
+
+def check_texts(listing: CorpusListing, processor: TextProcessor | None = None) -> CorpusListing:
+    """`listing` less the lines whose text the front end cannot take, those lines named among its
+    problems (so a line with a bad text and no audio is named for its text)."""
+    processor = processor or TextProcessor()
+    dropped_memo: dict[str, bool] = {}
+    checked = CorpusListing(listing.root, listing.metadata, [], list(listing.problems))
+    for entry in listing.entries:
+        if problem := _text_problem(entry.text, processor, dropped_memo):
+            checked.problems.append(CorpusProblem(listing.metadata, entry.line, problem))
+        else:
+            checked.entries.append(entry)
+    return checked
 
 
 def check_listed_audio(listing: CorpusListing, *, min_seconds: float = 0.3,
                        max_seconds: float = 20.0) -> tuple[Corpus, list[CorpusProblem]]:
-    """The second half of `check_corpus`: each listed file's scan (from the file index when this
-    version of it was read before), its defects, and every problem in line order."""
+    """The second half of `check_corpus`: each listed file's presence and scan (from the file
+    index when this version of it was read before), its defects, and every problem in line order."""
     problems = list(listing.problems)
     utterances: list[Utterance] = []
     for entry in listing.entries:
-        found = _audio_entry(entry.audio_path, min_seconds, max_seconds)
+        found = _audio_entry(listing.root / "wavs", entry, min_seconds, max_seconds)
         if isinstance(found, _AudioScan):
             utterances.append(Utterance(entry.id, entry.text, entry.audio_path, entry.line, found.frames,
                                         found.sample_rate))
@@ -416,8 +428,11 @@ def _text_problem(text: str, processor: TextProcessor, dropped_memo: dict[str, b
     return None
 
 
-def _audio_entry(audio_path: Path, min_seconds: float, max_seconds: float) -> _AudioScan | list[str]:
+def _audio_entry(wav_dir: Path, entry: Listed, min_seconds: float, max_seconds: float) -> _AudioScan | list[str]:
     """The scan of an utterance's audio, or every defect found in it."""
+    audio_path = entry.audio_path
+    if audio_path is None:
+        return [f"missing audio: {wav_dir / (entry.id + '.wav')} does not exist"]
     try:
         scan = _cached_scan(audio_path)
     except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
@@ -489,19 +504,6 @@ def default_cache_dir() -> Path:
 def file_digest(path: Path) -> str:
     """Content hash of a file, computed once per version of it (the file index keeps it)."""
     return file_index(cache_root()).lookup(path, DIGEST_FACT, _hash_file)
-
-
-def corpus_audio_files(path: str | Path) -> list[Path]:
-    """The audio file of each metadata line that has one, before any validation: what a pool of
-    workers reads ahead of `check_corpus` (see `file_facts`)."""
-    root = resolve_corpus_path(path)
-    try:
-        content = (root / "metadata.csv").read_bytes()
-    except OSError:
-        return []  # check_corpus reports it
-    entries = (_metadata_entry(raw) for raw in content.removeprefix(_UTF8_BOM).splitlines())
-    found = (_find_audio(root / "wavs", entry[0]) for entry in entries if isinstance(entry, tuple))
-    return [audio for audio in found if audio is not None]
 
 
 def facts_unknown(paths: Sequence[Path]) -> list[Path]:

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ttsbench import models
 from ttsbench.audio import AudioConfig
-from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, FeatureCache, check_listed_audio, corpus_audio_files,
-                           facts_unknown, file_digest, file_facts, list_corpus, remember_facts)
+from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, FeatureCache, check_listed_audio, check_texts,
+                           facts_unknown, file_digest, file_facts, read_metadata, remember_facts)
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, flush_all
 from ttsbench.models.base import ModelConfig
@@ -241,11 +241,12 @@ def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str
     failure (after a CorpusError, which says more).
     """
     started = time.perf_counter()
-    files = list(dict.fromkeys(corpus_audio_files(path)))  # a duplicated id is check_corpus's to report
+    listing = read_metadata(path)
+    files = list(dict.fromkeys(entry.audio_path for entry in listing.entries if entry.audio_path))
     unknown = set(facts_unknown(files))
     if len(unknown) > MAX_CHUNK and workers.count > 1:
         workers.start()  # its processes start up while this one checks the texts and the cache
-    listing = list_corpus(path)
+    listing = check_texts(listing)
     tasks = file_tasks(files, unknown, requests, root, workers.progress)
     outcomes = workers.run(functools.partial(prepare_chunk, root=root), tasks, "features", on_chunk=_remember)
     flush_all()
