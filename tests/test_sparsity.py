@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from ttsbench.models.layers import ChannelLayerNorm
-from ttsbench.sparsity import SparsityController, prunable_parameters, prune_order, snip_scores, zero_fraction
+from ttsbench.sparsity import (
+    SparsityController,
+    nonzero_count,
+    prunable_parameters,
+    prune_order,
+    snip_scores,
+    zero_fraction,
+)
 
 
 class TinyNet(nn.Module):
@@ -144,6 +151,15 @@ def test_masked_weights_stay_exactly_zero_under_adam_with_weight_decay() -> None
         for parameter, keep in zip(controller.controlled, masks):
             assert bool((parameter[~keep] == 0).all())  # ...so they are re-zeroed after each step
     assert float(zero_fraction(controller.controlled)) == pytest.approx(0.5, abs=1 / controller.total)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_nonzero_count_takes_both_signed_zeros_as_zero_and_nan_as_nonzero(dtype: torch.dtype) -> None:
+    values = torch.tensor([0.0, -0.0, 1.0, -2.5, float("nan"), float("-inf"), 1e-30, -0.0], dtype=dtype)
+    expected = 4 if dtype == torch.float16 else 5  # 1e-30 underflows to +0 in half precision
+    assert int(nonzero_count(values)) == expected == int(torch.count_nonzero(values))
+    strided = torch.randn(6, 5).mul_(torch.rand(6, 5) > 0.5).to(dtype).T  # a transposed view
+    assert int(nonzero_count(strided)) == int(torch.count_nonzero(strided))
 
 
 def test_mask_gradients_zeroes_dot_grad() -> None:

@@ -104,6 +104,21 @@ def test_dropout_keeps_one_minus_p_of_the_values_scaled_and_passes_gradients_thr
     assert torch.equal(dropout.eval()(x), x)
 
 
+def test_masked_dropout_is_dropout_then_mask_with_the_same_draw_and_gradients():
+    x, mask = padded_input(8)
+    dropout = Dropout(0.3)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(6)
+        inputs = x.clone().requires_grad_()
+        out = dropout.masked(inputs, mask) if fused else dropout(inputs) * mask
+        out.sum().backward()
+        results.append((out.detach(), inputs.grad))
+    torch.testing.assert_close(results[1], results[0], atol=0, rtol=0)
+    assert bool((results[0][0] == 0).any() & (results[0][0] * mask != 0).any())  # something kept, something dropped
+    assert torch.equal(dropout.eval().masked(x, mask), x * mask)
+
+
 def test_attention_with_weight_dropout_is_sdpa_when_nothing_is_dropped():
     x, mask = padded_input(8)
     torch.manual_seed(4)

@@ -112,12 +112,25 @@ def prune_order(scores: Sequence[torch.Tensor], max_param_sparsity: float = 0.75
     return [part.view_as(s) for part, s in zip(order.split([s.numel() for s in flat]), scores)]
 
 
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def nonzero_count(values: torch.Tensor) -> torch.Tensor:
+    """Entries of a float tensor that are not +0.0 or -0.0 (NaN counts as nonzero), 0-d int64.
+
+    Counted on the bit patterns shifted past the sign bit: on CPU that is ~3x faster than
+    `count_nonzero` on the floats, whose reduction is not vectorised, and it was ~3 % of a
+    full-size FastSpeech2 step (`sparsity_actual`, every step).
+    """
+    bits = values.detach().view(_SAME_SIZE_INT[values.element_size()])
+    return torch.count_nonzero(bits << 1)
+
+
 def zero_fraction(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Share of exact zeros over the given tensors, as a 0-d tensor (no host sync)."""
+    """Share of exact zeros over the given float tensors, as a 0-d tensor (no host sync)."""
     parameters = list(parameters)
     total = sum(p.numel() for p in parameters)
-    # count_nonzero reads each weight once and makes no bool tensor (~25 % faster than sum(p == 0))
-    nonzero = sum(torch.count_nonzero(p.detach()) for p in parameters)
+    nonzero = sum(nonzero_count(p) for p in parameters)
     return (total - nonzero) / float(total)
 
 

@@ -356,14 +356,16 @@ class WaveNet(nn.Module):
         self.packing_gap = max(layer.padding[0] for layer in self.in_layers)  # the widest dilated kernel's reach
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # halves taken with `chunk`, whose backward concatenates the two gradients; a slice's
+        # backward writes its half into a zero-filled full-size buffer, one per half
         skip = torch.zeros_like(x)
         for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
-            gate_input = self.dropout(in_layer(x))
-            activation = torch.tanh(gate_input[:, : self.channels]) * torch.sigmoid(gate_input[:, self.channels :])
-            out = res_skip_layer(activation)
+            tanh_input, sigmoid_input = self.dropout(in_layer(x)).chunk(2, dim=1)
+            out = res_skip_layer(torch.tanh(tanh_input) * torch.sigmoid(sigmoid_input))
             if i < len(self.in_layers) - 1:
-                x = (x + out[:, : self.channels]) * mask
-                skip = skip + out[:, self.channels :]
+                residual, skip_out = out.chunk(2, dim=1)
+                x = (x + residual) * mask
+                skip = skip + skip_out
             else:
                 skip = skip + out
         return skip * mask

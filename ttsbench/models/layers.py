@@ -39,6 +39,14 @@ class Dropout(nn.Dropout):
         # the mask made in place in the uniform draw's buffer: no bool tensor and no copy to x's dtype
         return x * torch.rand_like(x).ge_(self.p).div_(1.0 - self.p)
 
+    def masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`self(x) * mask` with one multiply of `x` (forward and backward): on CPU in training
+        the 0/1 `mask` joins the keep mask in the uniform draw's buffer. The same values, the
+        same random draw; it saves two passes over an FFN's widest activation."""
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
+            return self(x) * mask
+        return x * torch.rand_like(x).ge_(self.p).mul_(mask / (1.0 - self.p))
+
 
 class Packing:
     """A padded channel-major batch laid end to end along time: [B, C, T] <-> [1, C, N].
@@ -153,14 +161,14 @@ class ConvFeedForward(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
         """With `packing` (of `mask`, gap >= packing_gap) the convolutions skip the padding frames."""
         if packing is None:
-            hidden = self.dropout(torch.relu(self.conv_in(x * mask)))
-            return self.conv_out(hidden * mask) * mask
+            hidden = self.dropout.masked(torch.relu(self.conv_in(x * mask)), mask)
+            return self.conv_out(hidden) * mask
         return packing.unpack(self.forward_packed(packing.pack(x), packing))
 
     def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         """On a packed [1, C, N] (whatever its gaps hold); returns zeros in the gaps."""
-        hidden = self.dropout(torch.relu(self.conv_in(x * packing.mask)))
-        return self.conv_out(hidden * packing.mask) * packing.mask
+        hidden = self.dropout.masked(torch.relu(self.conv_in(x * packing.mask)), packing.mask)
+        return self.conv_out(hidden) * packing.mask
 
 
 class VariancePredictor(nn.Module):
