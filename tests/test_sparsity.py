@@ -153,6 +153,46 @@ def test_masked_weights_stay_exactly_zero_under_adam_with_weight_decay() -> None
     assert float(zero_fraction(controller.controlled)) == pytest.approx(0.5, abs=1 / controller.total)
 
 
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam])
+def test_after_optimizer_step_skips_the_masks_only_while_that_changes_nothing(
+    optimizer_class: type[torch.optim.Optimizer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = []
+    for skipping in (True, False):
+        net, controller = scored_net()
+        optimizer = optimizer_class(net.parameters(), lr=1e-2, weight_decay=0.1)
+        applied = []
+        apply_masks = controller.apply_masks
+        monkeypatch.setattr(controller, "apply_masks", lambda log=applied, apply=apply_masks: log.append(1) or apply())
+        controller.set_sparsity(0.3)  # pruned before the first step
+        for step, batch in enumerate(regression_batches(8, seed=3)):
+            if step == 4:
+                controller.set_sparsity(0.2)  # reviving weights keeps the skip
+            if step == 6:
+                controller.set_sparsity(0.4)  # pruning trained weights ends it
+                applied_before = len(applied)
+            optimizer.zero_grad()
+            regression_loss(net)(batch).backward()
+            optimizer.step()
+            controller.after_optimizer_step() if skipping else controller.apply_masks()
+        runs.append([p.detach().clone() for p in controller.controlled])
+        if skipping:
+            assert applied_before == 0 and len(applied) == 2  # skipped for 6 steps, then after every step
+    for skipped, applied_always in zip(*runs):
+        assert torch.equal(skipped, applied_always)
+    assert controller.actual_sparsity() == pytest.approx(0.4, abs=1 / controller.total)
+
+
+def test_after_a_checkpoint_load_the_masks_are_applied_after_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, controller = scored_net()
+    controller.set_sparsity(0.3)
+    controller.load_state_dict(controller.state_dict())
+    applied = []
+    monkeypatch.setattr(controller, "apply_masks", lambda: applied.append(1))
+    controller.after_optimizer_step()
+    assert applied == [1]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_nonzero_count_takes_both_signed_zeros_as_zero_and_nan_as_nonzero(dtype: torch.dtype) -> None:
     values = torch.tensor([0.0, -0.0, 1.0, -2.5, float("nan"), float("-inf"), 1e-30, -0.0], dtype=dtype)

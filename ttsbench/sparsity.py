@@ -173,7 +173,10 @@ class SparsityController(nn.Module):
         # the same masks as 0/1 factors in each weight's dtype: multiplying is ~10x faster than masked_fill
         self._keep_factors: list[torch.Tensor] | None = None
         self._masks_count: int | None = None  # the pruned count `_keep_masks` were built for
-        self.register_load_state_dict_post_hook(lambda module, _: module._forget_masks())
+        # see `after_optimizer_step`: whether every pruned weight was pruned before the first step
+        self._pruned_before_training = True
+        self._stepped = False
+        self.register_load_state_dict_post_hook(lambda module, _: module._after_load())
         for index, parameter in enumerate(self.controlled):
             parameter.register_post_accumulate_grad_hook(partial(self._mask_accumulated, index))
 
@@ -212,6 +215,8 @@ class SparsityController(nn.Module):
         previous = int(self.pruned_count)
         if count == previous and self._masks_count == count:
             return
+        if count > previous and self._stepped:  # newly pruned weights carry optimizer momentum
+            self._pruned_before_training = False
         with torch.no_grad():
             tensors = zip(self.controlled, self.prune_ranks.buffers(), self.initial_values.buffers())
             for parameter, ranks, initial in tensors:
@@ -253,6 +258,20 @@ class SparsityController(nn.Module):
             for parameter, keep in zip(self.controlled, factors):
                 parameter.mul_(keep)
 
+    def after_optimizer_step(self) -> None:
+        """Re-zero the pruned weights an optimizer step may have moved.
+
+        A weight pruned before the first step has only ever had zero gradients (the hooks zero
+        them), so Adam, AdamW and RAdam, whose update is zero for a zero weight with an all-zero
+        gradient history (weight decay included), leave it at exactly zero: while every pruned
+        weight is such a weight, this skips `apply_masks`, a pass over every weight (~1 % of a
+        full-size FastSpeech2 step). Once a higher target prunes trained weights, which carry
+        momentum, and after a checkpoint load (unknown history), it re-zeroes after every step.
+        """
+        self._stepped = True
+        if not self._pruned_before_training:
+            self.apply_masks()
+
     def mask_gradients(self) -> None:
         """Zero the pruned weights' gradients in `.grad` (for loops that own the optimizer step)."""
         factors = self.keep_factors()
@@ -277,6 +296,11 @@ class SparsityController(nn.Module):
         factors = self.keep_factors()
         if factors is not None:
             parameter.grad.mul_(factors[index])
+
+    def _after_load(self) -> None:
+        self._forget_masks()
+        self._pruned_before_training = False  # the loaded weights' optimizer history is unknown
+        self._stepped = True
 
     def _forget_masks(self) -> None:
         self._keep_masks = None

@@ -572,9 +572,9 @@ class FastSpeech2Sniper(TTSModel):
         self.sparsity.set_sparsity(self._sparsity_target)  # the schedule's value, or the last one applied
 
     def after_optimizer_step(self, step: int) -> None:
-        """Re-zero pruned weights that Adam's momentum or weight decay moved."""
+        """Re-zero pruned weights that Adam's momentum moved (`SparsityController.after_optimizer_step`)."""
         if self.sparsity is not None:
-            self.sparsity.apply_masks()
+            self.sparsity.after_optimizer_step()
 
     @torch.no_grad()
     def _fit_feature_stats(self, batches: Sequence[Batch]) -> None:

@@ -352,11 +352,11 @@ class FFTBlock(nn.Module):
 
     def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         """`forward` on a packed [1, C, N] (zero gaps in, zero gaps out): every position-wise part
-        (norms, projections, FFN, dropout) skips the padding; attention sees each utterance alone."""
+        (norms, projections, FFN, dropout) skips the padding; attention sees each utterance alone.
+        Pre-LN adds only branches that end masked, so its gaps stay zero without a final mask."""
         mask = packing.mask
         if self.normalize_before:
             x = x + self.dropout(self.attention.forward_packed(self.attention_norm(x), packing))
-            x = x + self.dropout(self.feed_forward.forward_packed(self.feed_forward_norm(x), packing))
-            return x * mask
+            return x + self.dropout(self.feed_forward.forward_packed(self.feed_forward_norm(x), packing))
         x = self.attention_norm(x + self.dropout(self.attention.forward_packed(x, packing)))
         return self.feed_forward_norm(x + self.dropout(self.feed_forward.forward_packed(x, packing))) * mask
