@@ -300,7 +300,6 @@ class SparsityController(nn.Module):
     def _after_load(self) -> None:
         self._forget_masks()
         self._pruned_before_training = False  # the loaded weights' optimizer history is unknown
-        self._stepped = True
 
     def _forget_masks(self) -> None:
         self._keep_masks = None

@@ -34,7 +34,7 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
+        if not self._draws_on_cpu(x):
             return super().forward(x)
         # the mask made in place in the uniform draw's buffer: no bool tensor and no copy to x's dtype
         return x * torch.rand_like(x).ge_(self.p).div_(1.0 - self.p)
@@ -43,9 +43,13 @@ class Dropout(nn.Dropout):
         """`self(x) * mask` with one multiply of `x` (forward and backward): on CPU in training
         the 0/1 `mask` joins the keep mask in the uniform draw's buffer. The same values, the
         same random draw; it saves two passes over an FFN's widest activation."""
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.p == 1.0:
+        if not self._draws_on_cpu(x):
             return self(x) * mask
         return x * torch.rand_like(x).ge_(self.p).mul_(mask / (1.0 - self.p))
+
+    def _draws_on_cpu(self, x: torch.Tensor) -> bool:
+        """Whether this call drops values with the uniform draw above: training on CPU, 0 < p < 1."""
+        return self.training and x.device.type == "cpu" and 0.0 < self.p < 1.0
 
 
 class Packing:
