@@ -166,6 +166,44 @@ def test_data_prepare_imports_neither_metrics_nor_runner_nor_report() -> None:
     assert loaded.strip() == "[]"
 
 
+def test_the_command_line_parses_without_torch() -> None:
+    """`data prepare` starts its fork server before it imports torch, so that the two imports run
+    on two cores: parsing and the error boundary must not import it (nor numpy)."""
+    code = "import sys, ttsbench.cli as cli; cli.build_parser(); print('torch' in sys.modules, 'numpy' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.split() == ["False", "False"]
+
+
+def test_the_fork_server_preload_covers_every_feature() -> None:
+    """A worker forked after PRELOAD imports no more librosa on its first clip: every system's
+    features computed in a process that imported PRELOAD load no new librosa or scipy module."""
+    code = (
+        "import importlib, sys, tempfile\n"
+        "from pathlib import Path\n"
+        "from ttsbench.forkserver import PRELOAD\n"
+        "for name in PRELOAD: importlib.import_module(name)\n"
+        "from ttsbench import models\n"
+        "from ttsbench.data import FeatureCache, load_corpus\n"
+        "clip = load_corpus('embedded').utterances[0].audio_path\n"
+        "configs = [models.get(s).features_for(models.config_for(s, 'tiny')) for s in models.names()]\n"
+        "before = set(sys.modules)\n"
+        "for features in configs:\n"
+        "    for kind, audio in features.items():\n"
+        "        FeatureCache(audio, Path(tempfile.mkdtemp())).compute(clip, [kind])\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('librosa', 'scipy')))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_no_fork_server_for_one_worker() -> None:
+    """`--workers 1` computes in the command's process: starting a server would cost a core."""
+    code = ("import multiprocessing.forkserver as f; from ttsbench.forkserver import start_early; "
+            "start_early(1); print(f._forkserver._forkserver_pid)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "None"
+
+
 def test_prepare_corpus_validates_after_reading_in_the_pool(tmp_path: Path) -> None:
     (tmp_path / "wavs").mkdir()
     _write_clip(tmp_path / "wavs" / "a.wav")

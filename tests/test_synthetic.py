@@ -11,6 +11,7 @@ import pytest
 
 from ttsbench import synthetic
 from ttsbench.data import SPLITS, check_corpus, load_corpus, standard_split_sentences
+from ttsbench.options import CORPUS_KINDS
 from ttsbench.synthetic import (
     DIGIT_HARD_SENTENCES,
     CorpusSpec,
@@ -27,7 +28,7 @@ def digits_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_texts_are_reproducible_from_the_seed() -> None:
-    for kind in synthetic.KINDS:
+    for kind in CORPUS_KINDS:
         assert corpus_texts(CorpusSpec(kind, 40, seed=3)) == corpus_texts(CorpusSpec(kind, 40, seed=3))
         assert corpus_texts(CorpusSpec(kind, 40, seed=3)) != corpus_texts(CorpusSpec(kind, 40, seed=4))
 

@@ -8,7 +8,6 @@ fixes a broken corpus in one pass instead of one crash at a time.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
@@ -26,13 +25,14 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
+from ttsbench.cachedir import cache_root
 from ttsbench.audio import AudioConfig, Clip, linear_feature, load_audio, mel_feature
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, file_index, file_key, flush_all
 from ttsbench.fileio import atomic_path
+from ttsbench.options import EMBEDDED
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
-EMBEDDED = "embedded"
 AUDIO_SUFFIXES = (".wav", ".flac")
 SPLITS = ("train", "val", "test")
 
@@ -484,17 +484,6 @@ FEATURES: dict[str, FeatureFunction] = {"mel": mel_feature, "linear": linear_fea
 def register_feature(name: str, function: FeatureFunction) -> None:
     """Add a cached feature kind (e.g. pitch for FastSpeech2): audio, config -> [frames, ...]."""
     FEATURES[name] = function
-
-
-def cache_root() -> Path:
-    """~/.cache/ttsbench, or $TTSBENCH_CACHE: features/ and generated corpora/ live here."""
-    return _cache_root(os.environ.get("TTSBENCH_CACHE"))
-
-
-@functools.lru_cache(maxsize=8)
-def _cache_root(configured: str | None) -> Path:
-    """Memoised: looked up per file in a pass over 13,100 (Path.home() alone was ~1 s of it)."""
-    return Path(configured) if configured else Path.home() / ".cache" / "ttsbench"
 
 
 def default_cache_dir() -> Path:

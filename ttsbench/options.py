@@ -1,4 +1,14 @@
 """Option values that both the command line and the suite files accept, kept apart from the
-modules that act on them so that parsing a command line imports none of those."""
+modules that act on them so that parsing a command line imports none of those (nor torch)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal
 
 EXECUTOR_TYPES = ("local", "ray")  # the keys of executors.EXECUTORS (that module checks it)
+Preset = Literal["tiny", "full"]
+PRESETS: tuple[str, ...] = typing.get_args(Preset)  # what suites and the CLI offer
+DEVICES = ("cpu", "cuda", "auto")  # where a model may run ("auto": cuda when present)
+EMBEDDED = "embedded"  # the corpus spec naming the 24 clips shipped in the package
+CORPUS_KINDS = ("digits", "lj-text")  # what `ttsbench corpus make` generates (ttsbench.synthetic)

@@ -11,8 +11,6 @@ whole files, and the next one computes just the rest.
 from __future__ import annotations
 
 import functools
-import multiprocessing
-import os
 import threading
 import time
 from collections import deque
@@ -31,6 +29,7 @@ from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, FeatureCache, check
                            facts_unknown, file_digest, file_facts, read_metadata, remember_facts)
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, flush_all
+from ttsbench.forkserver import available_cores, worker_context
 from ttsbench.models.base import ModelConfig
 
 Requests = dict[AudioConfig, tuple[str, ...]]  # front end -> the feature kinds computed with it
@@ -53,11 +52,6 @@ class PrepareSummary:
                 f"in {self.seconds:.1f} s ({self.workers} worker{'s' if self.workers != 1 else ''})")
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask, which containers narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def feature_requests(configs: Iterable[tuple[str, ModelConfig]]) -> Requests:
     """The features (system, config) pairs train on, merged per front end."""
     merged: dict[AudioConfig, set[str]] = {}
@@ -73,8 +67,7 @@ class Workers:
     This process works too, so nothing waits while the pool starts (its processes import torch
     first), and N workers keep N cores busy. The pool is started by `start` or on first use and
     shared by the passes of one preparation; its processes are forked from a fork server that has
-    imported only this module (not from this process: a forked copy of a process that has run
-    torch's thread pool can hang; spawn where there is no fork server). Each runs one thread.
+    imported only this module (see `ttsbench.forkserver`). Each runs one thread.
     Work of a chunk or less (the 24 embedded clips) never starts a pool.
     """
 
@@ -96,7 +89,7 @@ class Workers:
         fork server has imported torch and forked (~1.5 s), so a thread makes it while this
         process goes on with its own work; `run` gives the pool chunks once it has answered."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.count - 1, mp_context=_worker_context(), initializer=_init_worker)
+            self._pool = ProcessPoolExecutor(self.count - 1, mp_context=worker_context(), initializer=_init_worker)
             threading.Thread(target=self._first_answer, args=(self._pool,), daemon=True).start()
         return self._pool
 
@@ -143,14 +136,6 @@ def _counted(results: list[R], size: int, bar: tqdm, on_chunk: Callable[[list[R]
     on_chunk(results)
     bar.update(size)
     return results
-
-
-def _worker_context() -> multiprocessing.context.BaseContext:
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # instead of the default, this program's __main__
-    return context
 
 
 def _init_worker() -> None:

@@ -60,9 +60,8 @@ from ttsbench.claims import CLAIMS
 from ttsbench.errors import UserError
 from ttsbench.metrics.alignment import load_hard_sentences
 from ttsbench.metrics.quality import METRICS
-from ttsbench.models.base import DEVICES, PRESETS
-from ttsbench.options import EXECUTOR_TYPES
-from ttsbench.synthetic import DIGIT_HARD_SENTENCES, KINDS, CorpusSpec, cached_corpus, corpus_cache_path
+from ttsbench.options import CORPUS_KINDS, DEVICES, EXECUTOR_TYPES, PRESETS
+from ttsbench.synthetic import DIGIT_HARD_SENTENCES, CorpusSpec, cached_corpus, corpus_cache_path
 
 REFERENCE_JOB = "reference"  # the job that scores the recordings and their vocoder copies
 REFERENCE_VARIANT = "recording"
@@ -174,7 +173,7 @@ class Suite:
 
     def corpus_spec(self) -> CorpusSpec | None:
         """What to generate, for a synthetic corpus (`digits`, `lj-text`); None for a folder."""
-        return CorpusSpec.default(self.corpus, **dict(self.corpus_options)) if self.corpus in KINDS else None
+        return CorpusSpec.default(self.corpus, **dict(self.corpus_options)) if self.corpus in CORPUS_KINDS else None
 
     def corpus_location(self) -> str:
         """The corpus folder: environment variables and ~ expanded, a synthetic corpus's cache
@@ -527,14 +526,14 @@ def _corpus(check: _Checker, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {"corpus": str(value)}
     options = check.mapping(value, ("corpus",), ("kind", *CORPUS_OPTION_TYPES))
-    kind = check.choice(options.get("kind"), ("corpus", "kind"), KINDS)
+    kind = check.choice(options.get("kind"), ("corpus", "kind"), CORPUS_KINDS)
     parsed = {key: check.number(v, ("corpus", key), CORPUS_OPTION_TYPES[key], 0)
               for key, v in options.items() if key in CORPUS_OPTION_TYPES}
     try:
-        CorpusSpec.default(kind or KINDS[0], **{k: v for k, v in parsed.items() if v is not None})
+        CorpusSpec.default(kind or CORPUS_KINDS[0], **{k: v for k, v in parsed.items() if v is not None})
     except ValueError as err:
         check.add(("corpus",), str(err))
-    return {"corpus": kind or KINDS[0], "corpus_options": tuple(sorted(parsed.items()))}
+    return {"corpus": kind or CORPUS_KINDS[0], "corpus_options": tuple(sorted(parsed.items()))}
 
 
 def _config_keys(system: str) -> tuple[str, ...]:

@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ttsbench.data import SPLITS, cache_root, standard_split_sentences
+from ttsbench.cachedir import cache_root
+from ttsbench.data import SPLITS, standard_split_sentences
 from ttsbench.errors import UserError
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_text
+from ttsbench.options import CORPUS_KINDS
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
-KINDS = ("digits", "lj-text")
 DEFAULT_COUNTS = {"digits": 600, "lj-text": 600}
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_LENGTHS = (3, 7)
@@ -83,7 +84,7 @@ class MissingExtraError(UserError, RuntimeError):
 class CorpusSpec:
     """What to generate; every field shapes the texts, so all of them go into `key()`.
 
-    kind: one of `KINDS` ("digits" or "lj-text").
+    kind: one of `CORPUS_KINDS` ("digits" or "lj-text").
     count: number of utterances in all; about 5 % each (at least 3) go to val and test.
     seed: seeds the texts (digit strings, or which LJSpeech sentences are drawn).
     min_chars, max_chars: lj-text only: keep sentences of this many characters (inclusive),
@@ -97,8 +98,8 @@ class CorpusSpec:
     max_chars: int = 90
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown corpus kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind not in CORPUS_KINDS:
+            raise ValueError(f"unknown corpus kind {self.kind!r}; known: {', '.join(CORPUS_KINDS)}")
         if self.count < 1 + 2 * MIN_HELDOUT:
             raise ValueError(f"count must be at least {1 + 2 * MIN_HELDOUT}, got {self.count}")
         if not 0 < self.min_chars <= self.max_chars:

@@ -39,8 +39,9 @@ from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.quality import mel_l1_dtw, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
-from ttsbench.models import DEVICES, load_weights, read_checkpoint
+from ttsbench.models import load_weights, read_checkpoint
 from ttsbench.models.base import TTSModel
+from ttsbench.options import DEVICES
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
 
 SPLIT_SEED = 0  # every training seed sees the same train/val split

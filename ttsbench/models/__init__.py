@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 import torch
 
 from ttsbench.errors import CheckpointError, OptionError, UnknownSystemError, first_line
-from ttsbench.models.base import DEVICES, PRESETS, Alignment, ModelConfig, Synthesis, TTSModel
+from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
+from ttsbench.options import DEVICES, PRESETS
 from ttsbench.text import SYMBOLS
 
 __all__ = [

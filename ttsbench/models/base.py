@@ -23,11 +23,9 @@ from torch import nn
 
 from ttsbench.audio import AudioConfig, griffin_lim_from_linear, griffin_lim_from_mel
 from ttsbench.data import Batch
+from ttsbench.options import PRESETS
 from ttsbench.schedule import Schedule
 
-Preset = Literal["tiny", "full"]
-PRESETS: tuple[str, ...] = typing.get_args(Preset)  # what suites and the CLI offer
-DEVICES = ("cpu", "cuda", "auto")  # where a model may run ("auto": cuda when present)
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""The fork server that feature workers are forked from, and the cores they may use.
+
+Kept free of torch so the command line can start the server before it imports anything heavy:
+the server then imports torch and librosa (PRELOAD) on the second core while the command imports
+its own, and the pool's first worker computes features about a second sooner. A forked copy of a
+process that has run torch's thread pool can hang, so workers are never forked from the command
+itself; where there is no fork server (macOS, Windows) they are spawned.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import os
+
+# What the server imports once for every worker it forks: this package's preparation, and the
+# librosa modules the feature front end reaches, which librosa imports lazily on first use (with
+# scipy.signal and numba: ~1.2 s that each worker would otherwise spend on its first clip).
+PRELOAD = ("ttsbench.prepare", "librosa.core.spectrum", "librosa.filters", "librosa.effects",
+           "librosa.feature.spectral")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The fork server with PRELOAD (instead of the default, this program's __main__), or spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
+
+
+def start_early(workers: int | None) -> None:
+    """Start the fork server now, without waiting for its imports, when a pool of `workers`
+    processes (None: every core) will be wanted; a later pool on `worker_context()` uses it."""
+    if (workers or available_cores()) > 1 and worker_context().get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
