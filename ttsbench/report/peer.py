@@ -1,8 +1,11 @@
 """The peer comparison: ttsbench's training-step time against coqui-tts's at the same shape.
 
 `peer/bench.py` runs the two programs alternately and hands their raw measurements to
-`summarize`, which keeps every run's median and reduces them to one ratio per comparison
-(coqui-tts's median step time / ours: above 1 means ours trains faster). The results file it
+`summarize`, which keeps every run's median and reduces them to one ratio per comparison: in
+each round, coqui-tts's median step time / ours (above 1: ours trains faster), then the median
+over rounds. The two runs of a round ran back to back, so a machine that slows down or speeds up
+between rounds moves both sides of a round's ratio alike, where it would move the two sides'
+medians apart (on this project's 2-core host, one side's medians spread by up to 30 % in a run). The results file it
 writes (PEER_RESULTS in the run folder) is what the report's section and the README table are
 rendered from; nothing here needs coqui-tts installed.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PEER_RESULTS = "peer_bench.json"
-SCHEMA = 1
+SCHEMA = 2  # 2: `ratio` is the median of the per-round ratios (1: the ratio of the two medians)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def summarize(comparisons: Sequence[Comparison], ours: Mapping[str, Sequence[Map
     rows = []
     for comparison in comparisons:
         mine, theirs = side_summary(ours[comparison.variant]), side_summary(coqui[comparison.coqui_system])
-        per_round = [c / o for o, c in zip(mine["run_medians_s"], theirs["run_medians_s"])]
+        per_round = [c / o for o, c in zip(mine["run_medians_s"], theirs["run_medians_s"], strict=True)]
         rows.append({
             "variant": comparison.variant,
             "system": comparison.system,
@@ -64,8 +67,9 @@ def summarize(comparisons: Sequence[Comparison], ours: Mapping[str, Sequence[Map
             "differences": comparison.differences,
             "ours": mine,
             "coqui": theirs,
-            "ratio": theirs["median_s"] / mine["median_s"],
+            "ratio": statistics.median(per_round),
             "round_ratios": per_round,
+            "ratio_of_medians": theirs["median_s"] / mine["median_s"],
         })
     return {"schema": SCHEMA, **settings, "comparisons": rows}
 
@@ -93,7 +97,7 @@ def table_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
             "parameters": f"{_millions(ours['parameters'])} / {_millions(coqui['parameters'])}",
             "ttsbench s": _seconds(ours),
             "coqui-tts s": _seconds(coqui),
-            "ratio": f"{row['ratio']:.2f}x",
+            "ratio": f"{row['ratio']:.2f}x ({min(row['round_ratios']):.2f}-{max(row['round_ratios']):.2f})",
             "differences": row["differences"],
         })
     return rows
@@ -119,7 +123,8 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         f"{shape.get('frames', '?')} frames, {results.get('threads', '?')} thread(s), torch "
         f"{results.get('torch', {}).get('ttsbench', '?')} / {results.get('torch', {}).get('coqui-tts', '?')}, "
         f"coqui-tts {results.get('coqui_tts_version', '?')}, commit {str(results.get('commit', '?'))[:12]}. "
-        "Ratio: coqui-tts's median / ttsbench's (above 1: ttsbench trains faster). Parameters: ttsbench / coqui-tts."
+        "Ratio: the median over rounds of coqui-tts's median / ttsbench's in the same round, the two run back to back "
+        "(min-max over rounds; above 1: ttsbench trains faster). Parameters: ttsbench / coqui-tts."
     )
     return "\n".join(lines)
 
