@@ -165,14 +165,17 @@ class ConvFeedForward(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
         """With `packing` (of `mask`, gap >= packing_gap) the convolutions skip the padding frames."""
         if packing is None:
-            hidden = self.dropout.masked(torch.relu(self.conv_in(x * mask)), mask)
-            return self.conv_out(hidden) * mask
+            return self._masked(x, mask)
         return packing.unpack(self.forward_packed(packing.pack(x), packing))
 
     def forward_packed(self, x: torch.Tensor, packing: Packing) -> torch.Tensor:
         """On a packed [1, C, N] (whatever its gaps hold); returns zeros in the gaps."""
-        hidden = self.dropout.masked(torch.relu(self.conv_in(x * packing.mask)), packing.mask)
-        return self.conv_out(hidden) * packing.mask
+        return self._masked(x, packing.mask)
+
+    def _masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The block on [B, C, T] with its 0/1 mask ([B, 1, T], or a packing's [1, 1, N])."""
+        hidden = self.dropout.masked(torch.relu(self.conv_in(x * mask)), mask)
+        return self.conv_out(hidden) * mask
 
 
 class VariancePredictor(nn.Module):
