@@ -67,7 +67,8 @@ class Workers:
     This process works too, so nothing waits while the pool starts (its processes import torch
     first), and N workers keep N cores busy. The pool is started by `start` or on first use and
     shared by the passes of one preparation; its processes are forked from a fork server that has
-    imported only this module (see `ttsbench.forkserver`). Each runs one thread.
+    imported this module and the librosa it calls (`ttsbench.forkserver.PRELOAD`). Each runs one
+    thread.
     Work of a chunk or less (the 24 embedded clips) never starts a pool.
     """
 
