@@ -25,8 +25,8 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from ttsbench.cachedir import cache_root
 from ttsbench.audio import AudioConfig, Clip, linear_feature, load_audio, mel_feature
+from ttsbench.cachedir import cache_root
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, file_index, file_key, flush_all
 from ttsbench.fileio import atomic_path

@@ -27,7 +27,6 @@ from ttsbench.options import PRESETS
 from ttsbench.schedule import Schedule
 
 
-
 @dataclass
 class ModelConfig:
     """Fields every system has: the audio front end and the optimisation recipe.

@@ -5,9 +5,9 @@
 each round, coqui-tts's median step time / ours (above 1: ours trains faster), then the median
 over rounds. The two runs of a round ran back to back, so a machine that slows down or speeds up
 between rounds moves both sides of a round's ratio alike, where it would move the two sides'
-medians apart (on this project's 2-core host, one side's medians spread by up to 30 % in a run). The results file it
-writes (PEER_RESULTS in the run folder) is what the report's section and the README table are
-rendered from; nothing here needs coqui-tts installed.
+medians apart (on this project's 2-core host, one side's medians spread by up to 30 % in a run).
+The results file it writes (PEER_RESULTS in the run folder) is what the report's section and the
+README table are rendered from; nothing here needs coqui-tts installed.
 """
 
 from __future__ import annotations
