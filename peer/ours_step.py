@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import FRAMES, TOKENS, StepTimes, batch_lengths, time_steps  # noqa: E402
 
 from ttsbench import models  # noqa: E402
-from ttsbench.data import Batch  # noqa: E402
+from ttsbench.batches import Batch  # noqa: E402
 from ttsbench.models.base import TTSModel  # noqa: E402
 from ttsbench.train import build_optimizers, optimizer_update, training_schedules  # noqa: E402
 

@@ -4,6 +4,7 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+from threadpoolctl import threadpool_limits
 
 from ttsbench.audio import (
     AudioConfig,
@@ -92,3 +93,14 @@ def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="win_length"):
         AudioConfig(n_fft=512, win_length=1024)
     assert AudioConfig().digest() != AudioConfig(n_fft=2048).digest()
+
+
+def test_a_mel_does_not_depend_on_the_blas_threads(clip) -> None:
+    """A threaded sgemm rounds the mel projection differently in the last bits; the cache must
+    hold the same mel whichever process (a 1-thread pool worker, a job) computed it."""
+    config = AudioConfig()
+    with threadpool_limits(2, user_api="blas"):
+        threaded = mel_spectrogram(clip, config)
+    with threadpool_limits(1, user_api="blas"):
+        single = mel_spectrogram(clip, config)
+    np.testing.assert_array_equal(threaded, single)

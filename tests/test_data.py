@@ -11,18 +11,17 @@ import soundfile as sf
 import torch
 
 from ttsbench.audio import AudioConfig, mel_spectrogram, load_audio
+from ttsbench.batches import bucket_batches, collate, load_examples
 from ttsbench.data import (
     Corpus,
     CorpusError,
-    FeatureCache,
     Utterance,
-    bucket_batches,
     check_corpus,
-    collate,
+    file_digest,
     load_corpus,
-    load_examples,
     standard_split_ids,
 )
+from ttsbench.featurecache import FeatureCache
 from ttsbench.text import TextProcessor
 
 
@@ -134,17 +133,19 @@ def test_feature_cache_hit_returns_identical_arrays(tmp_path, embedded_corpus):
     config = AudioConfig()
     cache = FeatureCache(config, root=tmp_path)
     path = embedded_corpus.utterances[0].audio_path
-    cold = cache.get(path, ["mel", "linear"])
-    assert cache.path(path, "mel").is_file() and cache.path(path, "linear").is_file()
-    warm = cache.get(path, ["mel", "linear"])
+    digest = file_digest(path)
+    cold = cache.get(path, ["mel", "linear"], digest)
+    pack, = cache.root.glob("*.pack")  # one file holds both kinds
+    assert cache.find(digest, "mel").pack == cache.find(digest, "linear").pack == pack
+    warm = FeatureCache(config, root=tmp_path).get(path, ["mel", "linear"], digest)
     for kind in ("mel", "linear"):
         assert np.array_equal(cold[kind], warm[kind])
     np.testing.assert_array_equal(cold["mel"], mel_spectrogram(load_audio(path, config), config))
     other = FeatureCache(AudioConfig(n_mels=40), root=tmp_path)
-    assert other.path(path, "mel") != cache.path(path, "mel")
-    assert other.get(path, ["mel"])["mel"].shape[1] == 40
+    assert other.root != cache.root and other.missing(digest, ["mel"]) == ["mel"]
+    assert other.get(path, ["mel"], digest)["mel"].shape[1] == 40
     with pytest.raises(KeyError, match="unknown feature"):
-        cache.get(path, ["pitchx"])
+        cache.get(path, ["pitchx"], digest)
 
 
 def test_collate_pads_to_frame_multiple_with_masks(embedded_corpus):

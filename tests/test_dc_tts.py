@@ -17,7 +17,8 @@ import torch
 import ttsbench.models
 import ttsbench.models.dc_tts  # registers "dc-tts"
 from ttsbench.audio import linear_to_mel
-from ttsbench.data import Batch, Corpus, Example, collate, load_examples
+from ttsbench.batches import Batch, Example, collate, load_examples
+from ttsbench.data import Corpus
 from ttsbench.models.dc_tts import DCTTS, DCTTSConfig
 from ttsbench.text import SYMBOLS
 

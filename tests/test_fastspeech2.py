@@ -14,7 +14,8 @@ import torch
 import ttsbench.models.fastspeech2  # noqa: F401  (registers the system)
 from ttsbench import models
 from ttsbench.audio import AudioConfig, Clip, load_audio
-from ttsbench.data import Batch, Corpus, collate
+from ttsbench.batches import Batch, collate
+from ttsbench.data import Corpus
 from ttsbench.models.fastspeech2 import (
     FastSpeech2Config,
     FastSpeech2Sniper,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ttsbench.audio import AudioConfig
-from ttsbench.data import Batch, Corpus, collate, load_examples
+from ttsbench.batches import Batch, collate, load_examples
+from ttsbench.data import Corpus
 from ttsbench.models import build, describe, get, names
 from ttsbench.models.glow_tts import GlowTTS, GlowTTSConfig
 from ttsbench.text import SYMBOLS, TextProcessor

@@ -19,7 +19,8 @@ import torch
 import ttsbench.models.rl_duration  # noqa: F401  (registers the system)
 from ttsbench import models
 from ttsbench.audio import AudioConfig
-from ttsbench.data import Batch, Corpus, Example, collate, load_corpus, load_examples
+from ttsbench.batches import Batch, Example, collate, load_examples
+from ttsbench.data import Corpus, load_corpus
 from ttsbench.models.rl_duration import VARIANT_REMEDIES, RLDuration, RLDurationConfig
 from ttsbench.text import SYMBOLS
 from ttsbench.train import TrainOptions, train

@@ -15,7 +15,8 @@ import torch
 
 import ttsbench.models
 from ttsbench.audio import AudioConfig
-from ttsbench.data import Batch, Corpus, Example, collate, load_examples
+from ttsbench.batches import Batch, Example, collate, load_examples
+from ttsbench.data import Corpus
 from ttsbench.models.tacotron import Tacotron, TacotronConfig
 from ttsbench.text import SYMBOLS
 

@@ -18,6 +18,7 @@ from typing import Literal
 import librosa
 import numpy as np
 import soundfile as sf
+from threadpoolctl import ThreadpoolController
 
 Scaling = Literal["log", "db01"]
 
@@ -131,6 +132,20 @@ def _mel_basis(config: AudioConfig) -> np.ndarray:
     )
 
 
+def _to_mel(magnitude: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The mel filterbank applied to |S| [bins, frames], on one BLAS thread: a threaded sgemm
+    rounds differently in the last bits, and a mel must not depend on the machine's cores or
+    on which process (a pool worker, a job) computed it."""
+    with _blas().limit(limits=1, user_api="blas"):
+        return _mel_basis(config) @ magnitude
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries loaded (numpy's), found once: a limit then costs ~6 us, not a scan."""
+    return ThreadpoolController()
+
+
 def _compress(magnitude: np.ndarray, config: AudioConfig) -> np.ndarray:
     if config.scaling == "log":
         return np.log(np.maximum(magnitude, config.log_clamp)).astype(np.float32)
@@ -163,7 +178,7 @@ def linear_spectrogram(audio: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 def mel_feature(clip: Clip) -> np.ndarray:
     """The cached "mel" kind: `mel_spectrogram` from the clip's shared |STFT|."""
-    return _compress(_mel_basis(clip.config) @ clip.magnitude, clip.config).T.copy()
+    return _compress(_to_mel(clip.magnitude, clip.config), clip.config).T.copy()
 
 
 def linear_feature(clip: Clip) -> np.ndarray:
@@ -178,7 +193,7 @@ def linear_to_mel(linear: np.ndarray, config: AudioConfig) -> np.ndarray:
     that the vocoder will hear, computed exactly as `mel_spectrogram` computes it from audio.
     """
     magnitude = _decompress(np.asarray(linear, dtype=np.float64), config).T
-    return _compress(_mel_basis(config) @ magnitude, config).T.copy()
+    return _compress(_to_mel(magnitude, config), config).T.copy()
 
 
 def num_frames(num_samples: int, config: AudioConfig) -> int:

@@ -1,20 +1,19 @@
-"""LJSpeech-format corpora: validation, splits, a feature cache on disk, and padded batches.
+"""LJSpeech-format corpora: reading, validation, splits, and the facts kept per audio file.
 
 A corpus folder holds `metadata.csv` (`id|text|normalized_text`, UTF-8) and `wavs/ID.wav`
 (`wavs/ID.flac` is accepted too: the embedded corpus ships FLAC to stay small). Everything is
 validated up front and every problem is reported at once, as `FILE:LINE: message`, so a user
-fixes a broken corpus in one pass instead of one crash at a time.
+fixes a broken corpus in one pass instead of one crash at a time. Free of torch: the feature
+workers and `data check` import it; examples and batches live in `ttsbench.batches`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import unicodedata
-import warnings
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,14 +21,10 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
-from tqdm.auto import tqdm
 
-from ttsbench.audio import AudioConfig, Clip, linear_feature, load_audio, mel_feature
 from ttsbench.cachedir import cache_root
 from ttsbench.errors import UserError
 from ttsbench.fileindex import FileKey, file_index, file_key, flush_all
-from ttsbench.fileio import atomic_path
 from ttsbench.options import EMBEDDED
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
@@ -475,19 +470,7 @@ def split_by_count(
 
 
 # --------------------------------------------------------------------------------------------
-# Feature cache
-
-FeatureFunction = Callable[[Clip], np.ndarray]  # one kind, [frames, ...], from a clip under its front end
-FEATURES: dict[str, FeatureFunction] = {"mel": mel_feature, "linear": linear_feature}
-
-
-def register_feature(name: str, function: FeatureFunction) -> None:
-    """Add a cached feature kind (e.g. pitch for FastSpeech2): audio, config -> [frames, ...]."""
-    FEATURES[name] = function
-
-
-def default_cache_dir() -> Path:
-    return cache_root() / "features"
+# File facts: what the file index keeps per version of an audio file
 
 
 def file_digest(path: Path) -> str:
@@ -524,272 +507,3 @@ def _hash_file(path: Path) -> str:
         while block := handle.read(1 << 22):
             hasher.update(block)
     return hasher.hexdigest()
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """A killed run never leaves a truncated cache entry."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, array)
-
-
-_NPY_HEADER_BYTES = 1024  # np.save pads a header to 64 bytes; ours are 128, a longer one reads as damaged
-
-
-def cached_frames(path: Path) -> int | None:
-    """Frames (first dimension) of a cached feature file from its header alone; None when the
-    file is missing or damaged (its header unreadable, or its data shorter than the header says),
-    so that it is computed again instead of failing a job mid-training."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:  # one read of the header's first bytes, not the buffered 8 KiB of open()
-            head, size = io.BytesIO(os.pread(descriptor, _NPY_HEADER_BYTES, 0)), os.fstat(descriptor).st_size
-        finally:
-            os.close(descriptor)
-        version = np.lib.format.read_magic(head)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(head)
-        complete = size >= head.tell() + int(np.prod(shape)) * dtype.itemsize
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError) as err:
-        warnings.warn(f"{path}: damaged feature cache file ({err}); computing it again", stacklevel=2)
-        return None
-    if not complete or not shape:
-        warnings.warn(f"{path}: damaged feature cache file (truncated); computing it again", stacklevel=2)
-        return None
-    return int(shape[0])
-
-
-class FeatureFiles(MutableMapping):
-    """An utterance's cached features, mapped from their .npy files at each access.
-
-    Nothing is copied into memory until a batch is collated, so a job's resident size is that of
-    a batch whatever the corpus size (13,100 LJSpeech clips are ~15 GB of linear spectrograms);
-    the OS page cache, shared by every job, keeps the hot files. A kind assigned an array keeps
-    that array in memory instead.
-    """
-
-    def __init__(self, files: Mapping[str, tuple[Path, int]] | None = None):
-        self._items: dict[str, Path | np.ndarray] = {kind: path for kind, (path, _) in (files or {}).items()}
-        self._frames: dict[str, int] = {kind: frames for kind, (_, frames) in (files or {}).items()}
-
-    def __getitem__(self, kind: str) -> np.ndarray:
-        item = self._items[kind]
-        return np.load(item, mmap_mode="r") if isinstance(item, Path) else item
-
-    def __setitem__(self, kind: str, array: np.ndarray) -> None:
-        self._items[kind] = array
-        self._frames[kind] = int(array.shape[0])
-
-    def __delitem__(self, kind: str) -> None:
-        del self._items[kind], self._frames[kind]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def frames(self, kind: str) -> int:
-        return self._frames[kind]
-
-    def include(self, other: "FeatureFiles") -> None:
-        """Add another front end's kinds (by reference: nothing is loaded)."""
-        self._items.update(other._items)
-        self._frames.update(other._frames)
-
-
-class FeatureCache:
-    """Features computed once per (audio config, file content, kind) and kept as .npy files."""
-
-    def __init__(self, config: AudioConfig, root: Path | None = None):
-        self.config = config
-        self.root = (root or default_cache_dir()) / config.digest()
-
-    def path(self, audio_path: Path, kind: str, digest: str | None = None) -> Path:
-        """Files sharded by their digest's first two hex digits: 256 folders instead of one with
-        every file, so parallel workers seldom wait on one folder's lock to create and rename."""
-        digest = digest or file_digest(audio_path)
-        return self.root / digest[:2] / f"{digest}.{kind}.npy"
-
-    def missing(self, audio_path: Path, kinds: Sequence[str], digest: str | None = None) -> list[str]:
-        """The kinds not cached yet (or damaged) for this file."""
-        return [k for k in kinds if cached_frames(self.path(audio_path, k, digest)) is None]
-
-    def compute(self, audio_path: Path, kinds: Sequence[str], digest: str | None = None) -> None:
-        """Compute and store `kinds` of one file (what `ttsbench data prepare`'s workers run)."""
-        unknown = [k for k in kinds if k not in FEATURES]
-        if unknown:
-            raise KeyError(f"unknown feature kind(s) {unknown}; known: {sorted(FEATURES)}")
-        clip = Clip(load_audio(audio_path, self.config), self.config)  # kinds share its |STFT|
-        for kind in kinds:
-            atomic_save_npy(self.path(audio_path, kind, digest), FEATURES[kind](clip).astype(np.float32))
-
-    def files(self, audio_path: Path, kinds: Sequence[str]) -> FeatureFiles:
-        """The file's features, computing whatever is missing or damaged first."""
-        digest = file_digest(audio_path)
-        paths = {k: self.path(audio_path, k, digest) for k in kinds}
-        frames = {k: cached_frames(p) for k, p in paths.items()}
-        if missing := [k for k, n in frames.items() if n is None]:
-            self.compute(audio_path, missing, digest)
-            frames.update({k: cached_frames(paths[k]) for k in missing})
-        return FeatureFiles({k: (p, frames[k] or 0) for k, p in paths.items()})
-
-    def get(self, audio_path: Path, kinds: Sequence[str]) -> dict[str, np.ndarray]:
-        """The file's features as arrays in memory."""
-        files = self.files(audio_path, kinds)
-        return {kind: np.array(files[kind]) for kind in kinds}
-
-
-# --------------------------------------------------------------------------------------------
-# Examples and batches
-
-
-@dataclass
-class Example:
-    """One utterance as training sees it: text ids and its features (mapped from the cache, or
-    arrays in memory)."""
-
-    id: str
-    text: str
-    text_ids: np.ndarray
-    features: MutableMapping[str, np.ndarray]
-
-    @property
-    def num_frames(self) -> int:
-        kind = next(iter(self.features))
-        if isinstance(self.features, FeatureFiles):
-            return self.features.frames(kind)
-        return int(self.features[kind].shape[0])
-
-    def include(self, other: "Example") -> None:
-        """Add another front end's features of the same utterance (by reference when mapped)."""
-        if isinstance(self.features, FeatureFiles) and isinstance(other.features, FeatureFiles):
-            self.features.include(other.features)
-        else:
-            self.features.update(other.features)
-
-
-def load_examples(
-    utterances: Sequence[Utterance],
-    config: AudioConfig,
-    kinds: Sequence[str] = ("mel",),
-    processor: TextProcessor | None = None,
-    cache: FeatureCache | None = None,
-    progress: bool = True,
-) -> list[Example]:
-    """Text ids and cached features for each utterance, with a progress bar.
-
-    Features not cached yet are computed here, one file at a time; `ttsbench data prepare` (and
-    `ttsbench run` before its jobs) computes them in a process pool first.
-    """
-    processor = processor or TextProcessor()
-    cache = cache or FeatureCache(config)
-    examples = []
-    for utt in tqdm(utterances, desc="features", unit="utt", disable=not progress, leave=False):
-        ids = np.asarray(processor.encode(utt.text), dtype=np.int64)
-        examples.append(Example(utt.id, utt.text, ids, cache.files(utt.audio_path, kinds)))
-    flush_all()
-    return examples
-
-
-@dataclass
-class Batch:
-    """Padded tensors, time-major: text_ids [B, L], features[k] [B, T, ...], lengths [B].
-
-    `num_frames` is padded up to a multiple of `frame_multiple` (Tacotron's reduction factor r)
-    while `frame_lengths` keep the true lengths, so losses mask by the truth.
-    """
-
-    ids: list[str]
-    texts: list[str]
-    text_ids: torch.Tensor
-    text_lengths: torch.Tensor
-    features: dict[str, torch.Tensor]
-    frame_lengths: torch.Tensor
-    frame_multiple: int = 1
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def mel(self) -> torch.Tensor:
-        return self.features["mel"]
-
-    @property
-    def text_mask(self) -> torch.Tensor:
-        return sequence_mask(self.text_lengths, self.text_ids.shape[1])
-
-    @property
-    def frame_mask(self) -> torch.Tensor:
-        return sequence_mask(self.frame_lengths, self.mel.shape[1])
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "Batch":
-        """The batch in page-locked memory, from which a CUDA copy can overlap compute."""
-        return self._map(torch.Tensor.pin_memory)
-
-    def _map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
-        features = {k: function(v) for k, v in self.features.items()}
-        return Batch(self.ids, self.texts, function(self.text_ids), function(self.text_lengths), features,
-                     function(self.frame_lengths), self.frame_multiple)
-
-
-def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
-    """Bool [B, max_length], True on valid positions."""
-    max_length = int(lengths.max()) if max_length is None else max_length
-    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def collate(
-    examples: Sequence[Example],
-    frame_multiple: int = 1,
-    pad_values: dict[str, float] | None = None,
-    pad_id: int = 0,
-) -> Batch:
-    """Pad a list of examples into a `Batch`; features padded with their silence value."""
-    pad_values = pad_values or {}
-    text_lengths = torch.tensor([len(e.text_ids) for e in examples], dtype=torch.long)
-    text_ids = torch.full((len(examples), int(text_lengths.max())), pad_id, dtype=torch.long)
-    for i, e in enumerate(examples):
-        text_ids[i, : len(e.text_ids)] = torch.from_numpy(e.text_ids)
-    frame_lengths = torch.tensor([e.num_frames for e in examples], dtype=torch.long)
-    max_frames = int(frame_lengths.max())
-    max_frames = -(-max_frames // frame_multiple) * frame_multiple
-    features = {}
-    for kind in examples[0].features:
-        first = examples[0].features[kind]
-        padded = np.full((len(examples), max_frames, *first.shape[1:]), pad_values.get(kind, 0.0), dtype=np.float32)
-        for i, e in enumerate(examples):
-            padded[i, : e.num_frames] = e.features[kind]
-        features[kind] = torch.from_numpy(padded)
-    return Batch(
-        [e.id for e in examples],
-        [e.text for e in examples],
-        text_ids,
-        text_lengths,
-        features,
-        frame_lengths,
-        frame_multiple,
-    )
-
-
-def bucket_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket_factor: int = 4) -> list[list[int]]:
-    """Length-bucketed batches: shuffle, sort within pools of batch_size*bucket_factor, chunk.
-
-    Similar lengths share a batch (little padding) while the order of batches stays random.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    pool = batch_size * bucket_factor
-    batches: list[list[int]] = []
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches

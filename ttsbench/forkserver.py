@@ -1,10 +1,10 @@
 """The fork server that feature workers are forked from, and the cores they may use.
 
 Kept free of torch so the command line can start the server before it imports anything heavy:
-the server then imports torch and librosa (PRELOAD) on the second core while the command imports
-its own, and the pool's first worker computes features about a second sooner. A forked copy of a
-process that has run torch's thread pool can hang, so workers are never forked from the command
-itself; where there is no fork server (macOS, Windows) they are spawned.
+the server then imports the feature workers' code and librosa (PRELOAD, no torch) on the second
+core while the command imports its own, and the pool computes features ~1.4 s after launch. A
+forked copy of a process that has run torch's thread pool can hang, so workers are never forked
+from the command itself; where there is no fork server (macOS, Windows) they are spawned.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import os
 
-# What the server imports once for every worker it forks: this package's preparation, and the
-# librosa modules the feature front end reaches, which librosa imports lazily on first use (with
-# scipy.signal and numba: ~1.2 s that each worker would otherwise spend on its first clip).
+# What the server imports once for every worker it forks: this package's preparation (free of
+# torch), and the librosa modules the feature front end reaches, which librosa imports lazily on
+# first use (with scipy.signal and numba: ~1 s that each worker would otherwise spend on its
+# first clip).
 PRELOAD = ("ttsbench.prepare", "librosa.core.spectrum", "librosa.filters", "librosa.effects",
            "librosa.feature.spectral")
 

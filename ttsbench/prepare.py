@@ -4,37 +4,37 @@ corpus, computed once in a process pool.
 `ttsbench data prepare` runs it on its own; `ttsbench run` runs it once before a suite's jobs and
 `ttsbench train` before its run, so jobs find their features cached instead of each extracting
 them serially (FastSpeech2's pitch alone is ~0.2 s a clip: 45 minutes for LJSpeech on one core).
-Resumable: the cache is content-addressed and written atomically, so a killed pass leaves only
-whole files, and the next one computes just the rest.
+Resumable: the cache is content-addressed and each chunk's pack is written atomically, so a killed
+pass leaves only whole packs, and the next one computes just the rest.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence, Set
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
+import numpy as np
 from tqdm.auto import tqdm
 
-from ttsbench import models
 from ttsbench.audio import AudioConfig
-from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, FeatureCache, check_listed_audio, check_texts,
-                           facts_unknown, file_digest, file_facts, read_metadata, remember_facts)
+from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, check_listed_audio, check_texts, facts_unknown,
+                           file_digest, file_facts, read_metadata, remember_facts)
 from ttsbench.errors import UserError
+from ttsbench.featurecache import FeatureCache, compute_features, default_cache_dir, feature_modules
 from ttsbench.fileindex import FileKey, flush_all
 from ttsbench.forkserver import available_cores, worker_context
-from ttsbench.models.base import ModelConfig
 
-Requests = dict[AudioConfig, tuple[str, ...]]  # front end -> the feature kinds computed with it
 MAX_CHUNK = 32  # files per task: large enough to hide the pool's overhead, small for a live ETA
-QUEUED = 4  # chunks submitted ahead per pool process (see Workers._shared)
+QUEUED = 2  # chunks submitted ahead per pool process: one to work on, one waiting behind it
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -52,50 +52,38 @@ class PrepareSummary:
                 f"in {self.seconds:.1f} s ({self.workers} worker{'s' if self.workers != 1 else ''})")
 
 
-def feature_requests(configs: Iterable[tuple[str, ModelConfig]]) -> Requests:
-    """The features (system, config) pairs train on, merged per front end."""
-    merged: dict[AudioConfig, set[str]] = {}
-    for system, config in configs:
-        for kind, audio in models.get(system).features_for(config).items():
-            merged.setdefault(audio, set()).add(kind)
-    return {audio: tuple(sorted(kinds)) for audio, kinds in merged.items()}
-
-
 class Workers:
-    """N processes computing one pass: this one and a pool of N - 1, taking chunks from one queue.
+    """N processes computing one pass, or this process alone when N is 1.
 
-    This process works too, so nothing waits while the pool starts (its processes import torch
-    first), and N workers keep N cores busy. The pool is started by `start` or on first use and
-    shared by the passes of one preparation; its processes are forked from a fork server that has
-    imported this module and the librosa it calls (`ttsbench.forkserver.PRELOAD`). Each runs one
-    thread.
-    Work of a chunk or less (the 24 embedded clips) never starts a pool.
+    With N > 1 this process only feeds a pool of N and takes in what comes back (the facts of
+    new files, stored as each chunk arrives). Every worker is forked from the fork server, which
+    has imported this module and the librosa its features call (`ttsbench.forkserver.PRELOAD`)
+    and no torch, so the pool is ready ~1.4 s after launch, while this process still reads the
+    corpus. Each worker runs one thread. The pool is started by `start` or on first use, and
+    shared by the passes of one preparation. Work of a chunk or less (the 24 embedded clips)
+    never starts a pool.
     """
 
     def __init__(self, count: int | None = None, progress: bool = True):
         self.count = count or available_cores()
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
-        self._ready = threading.Event()  # set once the pool has answered: submitting no longer blocks
 
     def __enter__(self) -> "Workers":
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)  # whole files only: each is written atomically
+            self._pool.shutdown(wait=True, cancel_futures=True)  # whole packs only: each is written atomically
 
     def start(self) -> ProcessPoolExecutor:
-        """Start the pool's processes without waiting for them. The first submit blocks until the
-        fork server has imported torch and forked (~1.5 s), so a thread makes it while this
-        process goes on with its own work; `run` gives the pool chunks once it has answered."""
+        """Start the pool's processes without waiting for them. A submit starts a process and
+        blocks until the fork server has done its imports, so a thread makes one empty submit
+        per process while this one goes on."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.count - 1, mp_context=worker_context(), initializer=_init_worker)
-            threading.Thread(target=self._first_answer, args=(self._pool,), daemon=True).start()
+            self._pool = ProcessPoolExecutor(self.count, mp_context=worker_context(), initializer=_init_worker)
+            threading.Thread(target=_start_processes, args=(self._pool, self.count), daemon=True).start()
         return self._pool
-
-    def _first_answer(self, pool: ProcessPoolExecutor) -> None:
-        pool.submit(int).add_done_callback(lambda _: self._ready.set())
 
     def run(self, function: Callable[[Sequence[T]], list[R]], items: Sequence[T], desc: str,
             on_chunk: Callable[[list[R]], object] = lambda results: None) -> list[R]:
@@ -109,24 +97,23 @@ class Workers:
 
     def _shared(self, pool: ProcessPoolExecutor, function: Callable[[Sequence[T]], list[R]],
                 queue: deque[Sequence[T]], bar: tqdm, on_chunk: Callable[[list[R]], object]) -> list[R]:
-        """Keep QUEUED chunks per pool process submitted once it is up; this process takes the
-        next chunk meanwhile. It sees a finished chunk only between two of its own, and the
-        pool's next chunk reaches it only when this busy process's feeder threads get the GIL,
-        so a shallow queue leaves the pool waiting (with 2, ~10 % of its time)."""
+        """Keep QUEUED chunks per process submitted, and take each chunk's results as it ends."""
         pending: dict[Future, int] = {}
         results: list[R] = []
         while queue or pending:
-            while queue and self._ready.is_set() and len(pending) < QUEUED * (self.count - 1):
+            while queue and len(pending) < QUEUED * self.count:
                 chunk = queue.popleft()
                 pending[pool.submit(function, chunk)] = len(chunk)
-            for future in [f for f in pending if f.done()]:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
                 results += _counted(future.result(), pending.pop(future), bar, on_chunk)
-            if queue:
-                chunk = queue.popleft()
-                results += _counted(function(chunk), len(chunk), bar, on_chunk)
-            elif pending:
-                wait(pending, return_when=FIRST_COMPLETED)
         return results
+
+
+def _start_processes(pool: ProcessPoolExecutor, count: int) -> None:
+    """One empty task per process: each submit that finds no idle process starts one."""
+    for _ in range(count):
+        pool.submit(int)
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -140,9 +127,9 @@ def _counted(results: list[R], size: int, bar: tqdm, on_chunk: Callable[[list[R]
 
 
 def _init_worker() -> None:
-    """One thread, and every system loaded (entry points too), so their feature kinds are known."""
-    torch.set_num_threads(1)
-    models.names()
+    """One thread per worker, so N workers keep N cores busy: features run BLAS on one thread
+    (`compute_features`), and a library a feature's module loads later (torch) reads this."""
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @dataclass(frozen=True)
@@ -170,7 +157,9 @@ def file_tasks(paths: Sequence[Path], unknown: Set[Path], requests: Mapping[Audi
     cache here and left out when complete (so a cached corpus starts no pool); an unknown one goes
     to the pool whole, which reads, hashes and checks it there instead of in this process."""
     todo = tuple((audio, tuple(kinds)) for audio, kinds in requests.items())
-    caches = [(FeatureCache(audio, root), kinds) for audio, kinds in todo]
+    caches = [(feature_cache(audio, root), kinds) for audio, kinds in todo]
+    for cache, _ in caches:
+        cache.refresh()  # this process may have looked before another wrote
     tasks: list[FileTask] = []
     for path in tqdm(paths, desc="checking the feature cache", unit="file", disable=not progress, leave=False):
         if path in unknown:
@@ -178,7 +167,7 @@ def file_tasks(paths: Sequence[Path], unknown: Set[Path], requests: Mapping[Audi
             continue
         digest = file_digest(path)
         missing = tuple((cache.config, tuple(kinds)) for cache, all_kinds in caches
-                        if (kinds := cache.missing(path, all_kinds, digest)))
+                        if (kinds := cache.missing(digest, all_kinds)))
         if missing:
             tasks.append(FileTask(str(path), digest, missing))
     return tasks
@@ -192,28 +181,56 @@ def _remember(outcomes: Sequence[FileOutcome]) -> None:
             remember_facts(outcome.key, outcome.facts)
 
 
-def prepare_chunk(chunk: Sequence[FileTask], root: Path | None = None) -> list[FileOutcome]:
-    """Do one chunk's tasks (in a worker)."""
-    return [prepare_file(task, root) for task in chunk]
+def feature_cache(config: AudioConfig, root: Path | None = None) -> FeatureCache:
+    """One cache per front end and folder in each process, so that a worker reads each pack's
+    table once, not once per chunk."""
+    return _feature_cache(config, root or default_cache_dir())
 
 
-def prepare_file(task: FileTask, root: Path | None = None) -> FileOutcome:
-    """Read the file if it is new (scan + digest, one pass), then compute its missing features,
-    one decode per front end. A file that cannot be opened gets no features: the corpus check
-    after the pass names it. A failure does not stop the others (see `prepare_corpus`)."""
+@functools.lru_cache(maxsize=16)
+def _feature_cache(config: AudioConfig, root: Path) -> FeatureCache:
+    return FeatureCache(config, root)
+
+
+Computed = dict[AudioConfig, dict[str, dict[str, np.ndarray]]]  # front end -> digest -> kind -> array
+
+
+def prepare_chunk(chunk: Sequence[FileTask], root: Path | None = None,
+                  modules: Sequence[str] = ()) -> list[FileOutcome]:
+    """Do one chunk's tasks (in a worker), then store what they computed as one pack per front
+    end. A file new to the file index (a copy, a touched file) may have its features stored
+    under its content digest already: they are looked up once its digest is known. A disk
+    error storing a pack stops the pass (the next chunks would meet it too); the packs of
+    earlier chunks are kept. `modules` define the kinds (see `featurecache.feature_modules`):
+    a plugin's kinds are registered when its module is imported, in the worker too."""
+    for name in modules:
+        importlib.import_module(name)
+    for config in {config for task in chunk if task.digest is None for config, _ in task.todo}:
+        feature_cache(config, root).refresh()  # the packs other workers wrote since
+    computed: Computed = {}
+    outcomes = [prepare_file(task, computed, root) for task in chunk]
+    for config, features in computed.items():
+        feature_cache(config, root).store(features)
+    return outcomes
+
+
+def prepare_file(task: FileTask, computed: Computed, root: Path | None = None) -> FileOutcome:
+    """Read the file if it is new (scan + digest, one pass), then compute its missing features
+    into `computed`, one decode per front end. A file that cannot be opened gets no features:
+    the corpus check after the pass names it. A failure does not stop the others (see
+    `prepare_corpus`)."""
     path = Path(task.path)
     key, facts = (None, {}) if task.digest else file_facts(path)
     digest = task.digest or facts.get(DIGEST_FACT)
-    computed = False
+    done = False
     for config, kinds in task.todo if digest else ():
-        cache = FeatureCache(config, root)
         try:
-            if missing := (kinds if task.digest else cache.missing(path, kinds, digest)):
-                cache.compute(path, missing, digest)
-                computed = True
+            if missing := (kinds if task.digest else feature_cache(config, root).missing(digest, kinds)):
+                computed.setdefault(config, {})[digest] = compute_features(path, config, missing)
+                done = True
         except Exception as err:  # noqa: BLE001 - one bad file must not cost the others' work
-            return FileOutcome(key, facts, computed, f"{path}: {type(err).__name__}: {str(err).strip()}")
-    return FileOutcome(key, facts, computed, None)
+            return FileOutcome(key, facts, done, f"{path}: {type(err).__name__}: {str(err).strip()}")
+    return FileOutcome(key, facts, done, None)
 
 
 def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str]], workers: Workers,
@@ -221,20 +238,28 @@ def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str
     """Validate a corpus and compute every requested feature not cached yet, in one pass of
     `workers` over its audio files: each new file is read, hashed and turned into features by
     one worker, so the pool's start-up falls inside the long pass and no core waits for a
-    separate reading pass to end. The corpus check runs in two halves: its text checks while the
-    pool starts, its audio checks after the pass, on the scans the pool stored. A file that fails
-    to compute does not stop the others: every computed file is kept, then a UserError names each
+    separate reading pass to end. The corpus check runs in two halves: its text checks in a
+    thread beside the pool (~0.5 s for LJSpeech that would otherwise delay the pool's first
+    chunk), its audio checks after the pass, on the scans the pool stored. A file that fails to
+    compute does not stop the others: every computed file is kept, then a UserError names each
     failure (after a CorpusError, which says more).
     """
     started = time.perf_counter()
     listing = read_metadata(path)
     files = list(dict.fromkeys(entry.audio_path for entry in listing.entries if entry.audio_path))
     unknown = set(facts_unknown(files))
-    if len(unknown) > MAX_CHUNK and workers.count > 1:
-        workers.start()  # its processes start up while this one checks the texts and the cache
-    listing = check_texts(listing)
-    tasks = file_tasks(files, unknown, requests, root, workers.progress)
-    outcomes = workers.run(functools.partial(prepare_chunk, root=root), tasks, "features", on_chunk=_remember)
+    pooled = len(unknown) > MAX_CHUNK and workers.count > 1
+    if pooled:
+        workers.start()  # its processes start up while this one checks the cache
+    with ThreadPoolExecutor(1) as side:
+        texts = side.submit(check_texts, listing)
+        if not pooled:
+            texts.result()  # no pool to go beside: this thread computes, and the GIL is one
+        tasks = file_tasks(files, unknown, requests, root, workers.progress)
+        modules = feature_modules(kind for kinds in requests.values() for kind in kinds)
+        outcomes = workers.run(functools.partial(prepare_chunk, root=root, modules=modules), tasks, "features",
+                               on_chunk=_remember)
+        listing = texts.result()
     flush_all()
     corpus, problems = check_listed_audio(listing)
     if problems:

@@ -26,8 +26,9 @@ import ttsbench
 from ttsbench.errors import RunStoreError, UserError
 from ttsbench.executors import make_executor
 from ttsbench.metrics.speed import environment
-from ttsbench.models import config_for
-from ttsbench.prepare import PrepareSummary, Requests, Workers, feature_requests, prepare_corpus
+from ttsbench.featurecache import Requests
+from ttsbench.models import config_for, feature_requests
+from ttsbench.prepare import PrepareSummary, Workers, prepare_corpus
 from ttsbench.results import RunStore
 from ttsbench.suite import ExecutorSpec, Job, Suite
 from ttsbench.train import resolve_device

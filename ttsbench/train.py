@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
-from ttsbench.data import Batch, Corpus, Example, bucket_batches, collate, load_examples
+from ttsbench.batches import Batch, Example, bucket_batches, collate, load_examples
+from ttsbench.data import Corpus
 from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, UserError, first_line
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ttsbench.folders import TrainFolder

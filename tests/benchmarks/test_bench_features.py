@@ -7,7 +7,8 @@ import itertools
 import pytest
 
 from ttsbench.audio import AudioConfig
-from ttsbench.data import FeatureCache, load_examples
+from ttsbench.batches import load_examples
+from ttsbench.featurecache import FeatureCache
 
 KINDS = ("mel", "linear")
 

@@ -40,7 +40,8 @@ import pytest
 import torch
 
 from ttsbench import models
-from ttsbench.data import Batch, Corpus, collate
+from ttsbench.batches import Batch, collate
+from ttsbench.data import Corpus
 from ttsbench.models.base import TTSModel
 from ttsbench.text import TextProcessor
 from ttsbench.train import (

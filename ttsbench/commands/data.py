@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ttsbench import models
-from ttsbench.data import check_corpus, default_cache_dir
+from ttsbench.data import check_corpus
+from ttsbench.featurecache import default_cache_dir
 from ttsbench.errors import OptionError
-from ttsbench.prepare import Workers, feature_requests, prepare_corpus
+from ttsbench.prepare import Workers, prepare_corpus
 from ttsbench.synthetic import DEFAULT_COUNTS, CorpusSpec, make_corpus
 from ttsbench.text import TextProcessor
 
@@ -40,7 +41,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     systems = args.systems.split(",") if args.systems else models.names()
     configs = [(system, models.config_for(system, args.preset)) for system in systems]
     with Workers(args.workers, not args.quiet) as pool:
-        corpus, summary = prepare_corpus(args.path, feature_requests(configs), pool)
+        corpus, summary = prepare_corpus(args.path, models.feature_requests(configs), pool)
     print(f"{corpus.name}: {summary} -> {default_cache_dir()}")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ttsbench import models
-from ttsbench.prepare import Workers, feature_requests, prepare_corpus
+from ttsbench.prepare import Workers, prepare_corpus
 from ttsbench.train import TrainOptions, train
 
 
@@ -19,7 +19,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     config = models.config_for(args.system, args.preset, args.set or [])
     with Workers(progress=not args.quiet) as pool:
-        corpus, _ = prepare_corpus(args.corpus, feature_requests([(args.system, config)]), pool)
+        corpus, _ = prepare_corpus(args.corpus, models.feature_requests([(args.system, config)]), pool)
     model = models.build(args.system, config, seed=args.seed)
     options = TrainOptions(
         steps=args.steps,

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from ttsbench.audio import AudioConfig
 from ttsbench.errors import CheckpointError, OptionError, UnknownSystemError, first_line
+from ttsbench.featurecache import Requests
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.options import DEVICES, PRESETS
 from ttsbench.text import SYMBOLS
@@ -115,6 +117,16 @@ def config_for(name: str, preset: str = "tiny", overrides: Iterable[str] = ()) -
         return get(name).Config.preset(preset).with_overrides(list(overrides))
     except (ValueError, TypeError) as err:
         raise OptionError(f"{name} ({preset}): {err}") from None
+
+
+def feature_requests(configs: Iterable[tuple[str, ModelConfig]]) -> Requests:
+    """The features (system, config) pairs train on, merged per front end: what a preparation
+    computes for them."""
+    merged: dict[AudioConfig, set[str]] = {}
+    for system, config in configs:
+        for kind, audio in get(system).features_for(config).items():
+            merged.setdefault(audio, set()).add(kind)
+    return {audio: tuple(sorted(kinds)) for audio, kinds in merged.items()}
 
 
 def override_problems(name: str, preset: str, overrides: Mapping[str, Any]) -> dict[str, str]:

@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from ttsbench.audio import AudioConfig, griffin_lim_from_linear, griffin_lim_from_mel
-from ttsbench.data import Batch
+from ttsbench.batches import Batch
 from ttsbench.options import PRESETS
 from ttsbench.schedule import Schedule
 
@@ -246,7 +246,7 @@ class TTSModel(nn.Module, ABC):
     Class attributes set by each system:
       name:            the registry name (set by `@register`).
       Config:          its config dataclass.
-      feature_kinds:   cached features its batches need (keys of `ttsbench.data.FEATURES`).
+      feature_kinds:   cached features its batches need (keys of `ttsbench.featurecache.FEATURES`).
     networks:        independently trained networks, each with its own optimizer and timer.
     """
 

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ttsbench.align.guided import guided_attention_loss
 from ttsbench.audio import AudioConfig, linear_to_mel
-from ttsbench.data import Batch, sequence_mask
+from ttsbench.batches import Batch, sequence_mask
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import ChannelLayerNorm, attention_durations, channel_mask

@@ -42,7 +42,8 @@ from torch import nn
 
 from ttsbench.align.mas import maximum_path
 from ttsbench.audio import Clip, num_frames
-from ttsbench.data import Batch, register_feature
+from ttsbench.batches import Batch
+from ttsbench.featurecache import register_feature
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import (

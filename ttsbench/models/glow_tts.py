@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ttsbench.align.mas import maximum_path
-from ttsbench.data import Batch
+from ttsbench.batches import Batch
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import (

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttsbench.data import sequence_mask
+from ttsbench.batches import sequence_mask
 
 
 def channel_mask(

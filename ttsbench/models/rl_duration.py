@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttsbench.data import Batch, sequence_mask
+from ttsbench.batches import Batch, sequence_mask
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import durations_to_path, length_regulate

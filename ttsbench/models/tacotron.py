@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ttsbench.align.guided import guided_attention_loss
 from ttsbench.audio import AudioConfig
-from ttsbench.data import Batch, sequence_mask
+from ttsbench.batches import Batch, sequence_mask
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import attention_durations

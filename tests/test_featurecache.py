@@ -1,0 +1,60 @@
+"""Feature packs: what is written is what is mapped back, damage is detected, and a cache sees
+the packs other processes add and forgets those removed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ttsbench.audio import AudioConfig
+from ttsbench.featurecache import FeatureCache, PackError, read_table, write_pack
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "a.mel": rng.standard_normal((7, 80)).astype(np.float32),
+        "a.pitch": rng.standard_normal(7).astype(np.float64),  # 1-D, another dtype
+        "b.flags": np.arange(5, dtype=np.uint8),  # an odd byte count: the next array is realigned
+        "c.mel": np.asfortranarray(rng.standard_normal((5, 4)).astype(np.float32)),  # not C-ordered
+    }
+
+
+def test_a_pack_maps_back_exactly_what_was_written(tmp_path: Path) -> None:
+    arrays = _arrays()
+    written = write_pack(tmp_path / "x.pack", arrays)
+    table = read_table(tmp_path / "x.pack")
+    assert table == written and set(table) == set(arrays)
+    for key, array in arrays.items():
+        mapped = table[key].map()
+        assert isinstance(mapped, np.memmap) and mapped.dtype == array.dtype and table[key].offset % 64 == 0
+        np.testing.assert_array_equal(mapped, array)
+        with pytest.raises(ValueError, match="read-only"):
+            mapped[...] = 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_pack_is_refused(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "x.pack"
+    write_pack(path, _arrays())
+    whole = path.read_bytes()
+    path.write_bytes({"truncated": whole[:-10], "garbage": b"TTSBPACK" + whole[8:40], "empty": b""}[damage])
+    with pytest.raises(PackError):
+        read_table(path)
+
+
+def test_a_cache_sees_packs_another_writer_adds_and_forgets_removed_ones(tmp_path: Path) -> None:
+    reader, writer = FeatureCache(AudioConfig(), tmp_path), FeatureCache(AudioConfig(), tmp_path)
+    assert reader.missing("d1", ["mel"]) == ["mel"]  # no folder yet
+    mel = np.ones((4, 80), np.float32)
+    writer.store({"d1": {"mel": mel}, "d2": {"mel": 2 * mel}})
+    assert reader.missing("d1", ["mel"]) == ["mel"]  # as of its last look
+    reader.refresh()
+    assert reader.missing("d1", ["mel", "linear"]) == ["linear"]
+    np.testing.assert_array_equal(reader.find("d2", "mel").map(), 2 * mel)
+    reader.find("d2", "mel").pack.unlink()
+    writer.store({"d3": {"mel": mel}})  # within the same mtime tick, likely: listed again all the same
+    reader.refresh()
+    assert reader.find("d3", "mel") is not None and reader.missing("d1", ["mel"]) == ["mel"]
