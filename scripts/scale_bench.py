@@ -2,7 +2,8 @@
 
 On a corpus written by `scripts/scale_corpus.py`, each step a fresh process with its own feature
 cache, so nothing is warm that a user's first run would not have warm (but the audio is read
-into the page cache before each run, so that the runs compare computing, not disk reads):
+into the page cache before each run, so that the runs compare computing, not disk reads, and the
+disk is synced, so that no run pays for the writes and deletions of the one before):
 
 1. `ttsbench data prepare` with 1 worker and with 2 workers (fresh caches), `--repeats` times each,
    alternating which goes first: wall seconds, medians and their ratio;
@@ -59,6 +60,7 @@ def read_audio_once(corpus: Path) -> None:
 
 def prepare(corpus: Path, systems: str, workers: int, cache: Path) -> dict[str, Any]:
     read_audio_once(corpus)
+    os.sync()  # the last run's 2.6 GB of writes and the deletion of its cache end before this one starts
     return run_measured([*TTSBENCH, "data", "prepare", str(corpus), "--systems", systems, "--workers", str(workers),
                          "--quiet"], cache)
 
