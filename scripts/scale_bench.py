@@ -6,7 +6,8 @@ into the page cache before each run, so that the runs compare computing, not dis
 disk is synced, so that no run pays for the writes and deletions of the one before):
 
 1. `ttsbench data prepare` with 1 worker and with 2 workers (fresh caches), `--repeats` times each,
-   alternating which goes first: wall seconds, medians and their ratio;
+   alternating which goes first: wall seconds, medians and their ratio, and the ratio within each
+   back-to-back pair with its median (drift of the host between pairs cancels in it);
 2. the same `data prepare` again on the 2-worker cache: everything found cached;
 3. a tacotron-gradual job (`ttsbench train`, 1 step, 1 thread) on that warm cache: peak resident
    memory (of the job's process tree) and seconds from launch to the end of the first step.
@@ -91,6 +92,7 @@ def prepare_pairs(corpus: Path, systems: str, work: Path, repeats: int) -> dict[
 def measure(corpus: Path, systems: str, work: Path, repeats: int) -> dict[str, Any]:
     runs = prepare_pairs(corpus, systems, work, repeats)
     medians = {n: statistics.median(run["seconds"] for run in runs[n]) for n in runs}
+    pairs = [round(one["seconds"] / two["seconds"], 3) for one, two in zip(runs[1], runs[2])]
     parallel_cache = work / "cache-2-workers"
     again = prepare(corpus, systems, 2, parallel_cache)
     job = first_step(corpus, parallel_cache, work)
@@ -98,7 +100,8 @@ def measure(corpus: Path, systems: str, work: Path, repeats: int) -> dict[str, A
         "corpus": str(corpus), "utterances": sum(1 for line in (corpus / "metadata.csv").open() if line.strip()),
         "systems": systems.split(","), "repeats": repeats, "prepare_1_worker": runs[1], "prepare_2_workers": runs[2],
         "median_seconds_1_worker": medians[1], "median_seconds_2_workers": medians[2],
-        "speedup_2_workers": round(medians[1] / medians[2], 3), "prepare_cached": again, "tacotron_job": job,
+        "speedup_2_workers": round(medians[1] / medians[2], 3), "speedup_per_pair": pairs,
+        "speedup_pairs_median": statistics.median(pairs), "prepare_cached": again, "tacotron_job": job,
         "environment": {"ttsbench": ttsbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
                         "cpu_count": os.cpu_count(), "platform": platform.platform()},
     }
@@ -117,8 +120,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n", "utf-8")
     job = results["tacotron_job"]
+    pairs = results["speedup_per_pair"]
     print(f"prepare (median of {args.repeats}): 1 worker {results['median_seconds_1_worker']} s, 2 workers "
-          f"{results['median_seconds_2_workers']} s ({results['speedup_2_workers']}x), cached again "
+          f"{results['median_seconds_2_workers']} s ({results['speedup_2_workers']}x; per back-to-back pair "
+          f"{results['speedup_pairs_median']}x, {min(pairs)}-{max(pairs)}), cached again "
           f"{results['prepare_cached']['seconds']} s; tacotron job: peak RSS {job['peak_rss_mb']} MB, first step "
           f"{job['first_step_seconds']} s after launch -> {args.out}")
     if args.work is None:

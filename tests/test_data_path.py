@@ -4,8 +4,10 @@ prefetched batches, and that training computes what it computed before them."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -284,3 +286,27 @@ def test_compile_keeps_parameter_names_so_checkpoints_load_either_way() -> None:
     model.compile_networks()  # compiled lazily, at the first forward: nothing is compiled here
     assert list(model.state_dict()) == list(eager.state_dict())
     model.load_state_dict(eager.state_dict())
+
+
+def test_a_killed_preparation_keeps_its_packs_and_the_next_computes_the_rest(tmp_path: Path) -> None:
+    """SIGKILL while `data prepare` writes its packs (one per 32 clips): the packs written are
+    whole, and the next run finds their clips cached and computes only the others."""
+    corpus, count = tmp_path / "corpus", 480
+    (corpus / "wavs").mkdir(parents=True)
+    for i in range(count):
+        _write_clip(corpus / "wavs" / f"c{i:03d}.wav", seconds=0.5 + i / 1000)  # distinct content
+    (corpus / "metadata.csv").write_text("".join(f"c{i:03d}|clip {i}|clip {i}\n" for i in range(count)), "utf-8")
+    env = {**os.environ, "TTSBENCH_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "ttsbench", "data", "prepare", str(corpus), "--systems", "glow-tts",
+               "--workers", "1", "--quiet"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    packs = tmp_path / "cache" / "features"
+    deadline = time.monotonic() + 120
+    while len(list(packs.glob("*/*.pack"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    kept = len(list(packs.glob("*/*.pack")))
+    assert 2 <= kept < count // 32, "killed too late to test anything: make the corpus longer"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    assert f"{count - 32 * kept} computed, {32 * kept} already cached" in again
