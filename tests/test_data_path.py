@@ -3,6 +3,7 @@ prefetched batches, and that training computes what it computed before them."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -310,3 +311,24 @@ def test_a_killed_preparation_keeps_its_packs_and_the_next_computes_the_rest(tmp
     assert 2 <= kept < count // 32, "killed too late to test anything: make the corpus longer"
     again = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     assert f"{count - 32 * kept} computed, {32 * kept} already cached" in again
+
+
+def test_the_fork_server_imports_without_the_collector_and_workers_run_with_it() -> None:
+    """Full collections set off by librosa's imports cost the server ~0.3 s before its first
+    fork: it imports PRELOAD with the collector off, and each worker turns it back on with the
+    inherited objects frozen (so its own collections skip them)."""
+    code = ("import gc, importlib; from ttsbench.forkserver import PRELOAD; "
+            "[importlib.import_module(name) for name in PRELOAD]; print(gc.isenabled())")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    with Workers(2, progress=False) as workers:
+        pool = workers.start()
+        assert pool.submit(gc.isenabled).result() is True
+        assert pool.submit(gc.get_freeze_count).result() > 100_000
+
+
+def test_the_command_line_gives_its_caller_the_collector_back() -> None:
+    """`main` freezes the imported heap while a command runs and unfreezes it after, so a caller
+    in the same process (a test, a notebook) collects its own cycles as before."""
+    frozen = gc.get_freeze_count()
+    assert main(["list"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import importlib
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ttsbench.cachedir import cache_root
@@ -166,16 +167,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     naming its path) is one `error:` line and exit 2; anything else is a bug, reported in one
     line with the file holding its traceback (shown in full with --debug), exit 1.
 
-    At exit the heap is frozen: the interpreter's last garbage collection then skips the objects
-    of torch's, librosa's and numba's ~3000 modules, which took ~0.7 s of every command. Every
-    file this package writes is closed by then (written atomically, or in `with` blocks)."""
+    The cyclic garbage collector skips the objects of torch's, librosa's and numba's ~3000
+    modules: it is off while the command's module is imported (full collections set off by
+    those imports took ~0.3 s and freed nothing), and they are frozen while the command runs (a
+    full collection took ~150 ms: a feature pool starved while this process fed it no chunk),
+    and again at exit (the interpreter's last collection took ~0.7 s). Every file this package
+    writes is closed by then (written atomically, or in `with` blocks)."""
     atexit.unregister(gc.freeze)  # once per process, however often main runs in it
     atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "fork_server", False):  # a command with a worker pool: its imports overlap ours
             start_early(args.workers)
-        return int(handler(args.handler)(args))
+        with _collector_off():
+            command = handler(args.handler)
+        gc.freeze()
+        try:
+            return int(command(args))
+        finally:
+            gc.unfreeze()  # a caller in this process (a test) gets its collector back whole
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -192,6 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unexpected {type(err).__name__}: {first_line(err)} (a bug in ttsbench; "
               f"traceback in {where}, or re-run with --debug)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def handler(name: str) -> Callable[[argparse.Namespace], int]:

@@ -14,12 +14,12 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import os
 
-# What the server imports once for every worker it forks: this package's preparation (free of
-# torch), and the librosa modules the feature front end reaches, which librosa imports lazily on
-# first use (with scipy.signal and numba: ~1 s that each worker would otherwise spend on its
-# first clip).
-PRELOAD = ("ttsbench.prepare", "librosa.core.spectrum", "librosa.filters", "librosa.effects",
-           "librosa.feature.spectral")
+# What the server imports once for every worker it forks, with the garbage collector off
+# (`ttsbench.gcoff`, first): this package's preparation (free of torch), and the librosa modules
+# the feature front end reaches, which librosa imports lazily on first use (with scipy.signal and
+# numba: ~1 s that each worker would otherwise spend on its first clip).
+PRELOAD = ("ttsbench.gcoff", "ttsbench.prepare", "librosa.core.spectrum", "librosa.filters",
+           "librosa.effects", "librosa.feature.spectral")
 
 
 def available_cores() -> int:

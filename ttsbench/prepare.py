@@ -11,6 +11,7 @@ pass leaves only whole packs, and the next one computes just the rest.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import os
 import threading
@@ -127,9 +128,13 @@ def _counted(results: list[R], size: int, bar: tqdm, on_chunk: Callable[[list[R]
 
 
 def _init_worker() -> None:
-    """One thread per worker, so N workers keep N cores busy: features run BLAS on one thread
-    (`compute_features`), and a library a feature's module loads later (torch) reads this."""
+    """One thread per worker, so N workers keep N cores busy: the mel projection runs BLAS on one
+    thread (`audio`), and a library a feature's module loads later (torch) reads this. The
+    garbage collector back on (the fork server imports with it off: `ttsbench.gcoff`), with the
+    objects inherited from the server frozen out of its collections."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    gc.enable()
+    gc.freeze()
 
 
 @dataclass(frozen=True)
