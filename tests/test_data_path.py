@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,21 @@ def test_file_index_keeps_facts_per_file_version(tmp_path: Path) -> None:
     assert FileIndex(tmp_path / "files.sqlite").lookup(clip, "size", size) == first and len(calls) == 1  # on disk
     _write_clip(clip, seconds=0.7)  # a new version: new size and mtime
     assert FileIndex(tmp_path / "files.sqlite").lookup(clip, "size", size) != first and len(calls) == 2
+
+
+def test_file_index_serves_other_threads_and_closes(tmp_path: Path) -> None:
+    clip = tmp_path / "a.wav"
+    _write_clip(clip)
+    index = FileIndex(tmp_path / "files.sqlite")
+    index.lookup(clip, "size", lambda path: path.stat().st_size)
+    index.flush()  # opens this thread's connection and keeps it
+    with ThreadPoolExecutor(1) as thread:  # result() raises what the thread raised
+        thread.submit(lambda: (index.lookup(clip, "name", lambda path: path.name), index.flush())).result()
+    index.close()
+    assert not (tmp_path / "files.sqlite-wal").exists()  # the last connection closed and checkpointed
+    again = FileIndex(tmp_path / "files.sqlite")
+    assert again.lookup(clip, "name", lambda path: "recomputed") == "a.wav"
+    assert again.lookup(clip, "size", lambda path: -1) == clip.stat().st_size
 
 
 def test_check_corpus_reads_each_file_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,11 @@ looked up instead of recomputed.
 
 The index is one SQLite database (`cache_root()/files.sqlite`): it is safe with several job
 processes reading and writing it at once, and a killed process loses only facts it had not yet
-written, which are computed again.
+written, which are computed again. Its transactions are committed without an fsync (WAL with
+synchronous=NORMAL: a crash of the process loses nothing committed, a power cut may lose the last
+commits, which are recomputed): on ext4 each fsync also forced out the feature packs written
+since the last one, and the main process of `data prepare`, waiting for it, left its workers
+without chunks.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,25 +53,39 @@ class FileIndex:
         self.database = database
         self._facts: dict[tuple[FileKey, str], Any] | None = None
         self._pending: list[tuple[Any, ...]] = []
+        self._connections: dict[tuple[int, int], sqlite3.Connection] = {}  # by (pid, thread) that opened it
 
     def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, kept open for a pass: closing the last connection to the
+        database checkpoints its WAL, with two fsyncs. Another thread, or a forked child, opens its
+        own (a connection is not used across threads or forks)."""
+        opener = _opener()
+        if opener in self._connections:
+            return self._connections[opener]
         self.database.parent.mkdir(parents=True, exist_ok=True)
         try:
-            connection = sqlite3.connect(self.database, timeout=60)
+            connection = sqlite3.connect(self.database, timeout=60, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(_SCHEMA)
         except sqlite3.Error as err:
             raise UserError(f"{self.database}: the file index cannot be opened ({err}); delete it to start "
                             "a new one") from None
+        self._connections[opener] = connection
         return connection
+
+    def close(self) -> None:
+        """Write the pending facts and close this process's connections (at the end of a pass). A
+        connection inherited through a fork is left alone, neither closed nor released: closing it
+        here could checkpoint and delete the WAL the parent still writes."""
+        self.flush()
+        ours = [opener for opener in self._connections if opener[0] == os.getpid()]
+        for opener in ours:
+            self._connections.pop(opener).close()
 
     def _loaded(self) -> dict[tuple[FileKey, str], Any]:
         if self._facts is None:
-            connection = self._connect()
-            try:
-                rows = connection.execute("SELECT path, size, mtime_ns, inode, kind, value FROM facts").fetchall()
-            finally:
-                connection.close()
+            rows = self._connect().execute("SELECT path, size, mtime_ns, inode, kind, value FROM facts").fetchall()
             self._facts = {((p, s, m, i), kind): json.loads(v) for p, s, m, i, kind, v in rows}
         return self._facts
 
@@ -94,13 +113,13 @@ class FileIndex:
         """Write the facts computed since the last flush (one transaction)."""
         if not self._pending:
             return
-        connection = self._connect()
-        try:
-            with connection:
-                connection.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?)", self._pending)
-        finally:
-            connection.close()
+        with self._connect() as connection:
+            connection.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?)", self._pending)
         self._pending.clear()
+
+
+def _opener() -> tuple[int, int]:
+    return os.getpid(), threading.get_ident()
 
 
 _INDEXES: dict[Path, FileIndex] = {}
@@ -114,6 +133,7 @@ def file_index(root: Path) -> FileIndex:
 
 
 def flush_all() -> None:
-    """Write every index's pending facts (called at the end of each pass over a corpus)."""
+    """Write every index's pending facts and close its connection (called at the end of each pass
+    over a corpus)."""
     for index in _INDEXES.values():
-        index.flush()
+        index.close()
