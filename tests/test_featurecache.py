@@ -3,6 +3,8 @@ the packs other processes add and forgets those removed."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,15 @@ def test_a_cache_sees_packs_another_writer_adds_and_forgets_removed_ones(tmp_pat
     writer.store({"d3": {"mel": mel}})  # within the same mtime tick, likely: listed again all the same
     reader.refresh()
     assert reader.find("d3", "mel") is not None and reader.missing("d1", ["mel"]) == ["mel"]
+
+
+def test_a_killed_writers_temporary_pack_is_removed_once_abandoned(tmp_path: Path) -> None:
+    cache = FeatureCache(AudioConfig(), tmp_path)
+    cache.store({"d1": {"mel": np.ones((4, 80), np.float32)}})  # makes the folder
+    abandoned, in_progress = cache.root / ".x.pack.k1ll3d.tmp", cache.root / ".y.pack.wr1t1n.tmp"
+    for path in (abandoned, in_progress):
+        path.write_bytes(b"TTSBPACK half a pack")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    FeatureCache(AudioConfig(), tmp_path).refresh()
+    assert not abandoned.exists() and in_progress.exists()  # a live writer's file is left alone

@@ -38,6 +38,7 @@ _MAGIC = b"TTSBPACK"
 _PREFIX = struct.Struct("<8sQ")  # the magic, then the table's length in bytes
 _ALIGN = 64
 _SETTLED_NS = 3_000_000_000  # a folder mtime this old cannot hide a later change
+_ABANDONED_NS = 3600 * 1_000_000_000  # a pack still being written after this long lost its writer to a kill
 
 
 def register_feature(name: str, function: FeatureFunction) -> None:
@@ -198,7 +199,8 @@ class FeatureCache:
         damaged pack (a disk fault: packs are written atomically) is removed with a warning, so
         its features are computed again. The folder is listed again when its mtime changed, or
         is too recent to tell: mtimes are coarse (a clock tick; seconds on some filesystems),
-        so two changes within one can leave the same mtime."""
+        so two changes within one can leave the same mtime. A pack's temporary file left by a
+        killed writer is removed once it is an hour old."""
         try:
             stamp = self.root.stat().st_mtime_ns
         except FileNotFoundError:
@@ -206,7 +208,9 @@ class FeatureCache:
         if stamp == self._listed and (stamp is None or time.time_ns() - stamp > _SETTLED_NS):
             return
         self._listed = stamp
-        names = {e.name for e in os.scandir(self.root) if e.name.endswith(PACK_SUFFIX)} if stamp is not None else set()
+        entries = list(os.scandir(self.root)) if stamp is not None else []
+        _remove_abandoned([entry for entry in entries if entry.name.endswith(".tmp")])
+        names = {entry.name for entry in entries if entry.name.endswith(PACK_SUFFIX)}
         for gone in self._packs.keys() - names:
             for key in self._packs.pop(gone):
                 self._stored.pop(key, None)
@@ -249,3 +253,14 @@ class FeatureCache:
         """The file's features as arrays in memory."""
         files = self.files(audio_path, kinds, digest)
         return {kind: np.array(files[kind]) for kind in kinds}
+
+
+def _remove_abandoned(temporaries: Iterable[os.DirEntry]) -> None:
+    """Delete the temporary files of packs whose writer was killed (SIGKILL, power cut: any
+    other ending removes its own). A live writer finishes a pack in well under the hour."""
+    for entry in temporaries:
+        try:
+            if time.time_ns() - entry.stat().st_mtime_ns > _ABANDONED_NS:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # renamed or removed meanwhile
+            pass
