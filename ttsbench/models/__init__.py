@@ -24,7 +24,6 @@ from ttsbench.audio import AudioConfig
 from ttsbench.errors import CheckpointError, OptionError, UnknownSystemError, first_line
 from ttsbench.featurecache import Requests
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
-from ttsbench.options import DEVICES, PRESETS
 from ttsbench.text import SYMBOLS
 
 __all__ = [
@@ -38,12 +37,11 @@ __all__ = [
     "describe",
     "build",
     "config_for",
+    "feature_requests",
     "override_problems",
     "read_checkpoint",
     "load_checkpoint",
     "load_weights",
-    "DEVICES",
-    "PRESETS",
 ]
 
 _REGISTRY: dict[str, type[TTSModel]] = {}
