@@ -17,11 +17,12 @@ without chunks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,80 +47,96 @@ class FileIndex:
     """A persistent memo of `kind -> value` facts per file version; values are JSON.
 
     The whole table is read on first use (one query; 26,000 facts take ~0.1 s) and new facts are
-    written in batches, so a pass over a large corpus costs stat calls, not queries.
+    written in batches, so a pass over a large corpus costs stat calls, not queries. Threads of a
+    process share it (one lock, one connection); a forked child opens its own connection.
     """
 
     def __init__(self, database: Path):
         self.database = database
         self._facts: dict[tuple[FileKey, str], Any] | None = None
         self._pending: list[tuple[Any, ...]] = []
-        self._connections: dict[tuple[int, int], sqlite3.Connection] = {}  # by (pid, thread) that opened it
+        self._lock = threading.RLock()
+        self._connection: sqlite3.Connection | None = None
+        self._connected_in = 0  # the pid that opened `_connection`
 
     def _connect(self) -> sqlite3.Connection:
-        """This thread's connection, kept open for a pass: closing the last connection to the
-        database checkpoints its WAL, with two fsyncs. Another thread, or a forked child, opens its
-        own (a connection is not used across threads or forks)."""
-        opener = _opener()
-        if opener in self._connections:
-            return self._connections[opener]
+        """This process's connection, kept open for a pass: closing the last connection to the
+        database checkpoints its WAL, with two fsyncs. One inherited through a fork is left
+        alone, neither used nor closed (closing it could checkpoint and delete the WAL the
+        parent still writes)."""
+        if self._connection is not None and self._connected_in == os.getpid():
+            return self._connection
+        if self._connection is not None:
+            _INHERITED.append(self._connection)
         self.database.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with self._failing("cannot be opened"):
             connection = sqlite3.connect(self.database, timeout=60, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(_SCHEMA)
-        except sqlite3.Error as err:
-            raise UserError(f"{self.database}: the file index cannot be opened ({err}); delete it to start "
-                            "a new one") from None
-        self._connections[opener] = connection
+        self._connection, self._connected_in = connection, os.getpid()
         return connection
 
+    @contextlib.contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """A database error as a UserError naming the file (a locked, full or damaged index)."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise UserError(f"{self.database}: the file index {what} ({err}); delete it to start a new one, "
+                            "or wait for the other ttsbench process using it") from None
+
     def close(self) -> None:
-        """Write the pending facts and close this process's connections (at the end of a pass). A
-        connection inherited through a fork is left alone, neither closed nor released: closing it
-        here could checkpoint and delete the WAL the parent still writes."""
-        self.flush()
-        ours = [opener for opener in self._connections if opener[0] == os.getpid()]
-        for opener in ours:
-            self._connections.pop(opener).close()
+        """Write the pending facts and close this process's connection (at the end of a pass)."""
+        with self._lock:
+            self.flush()
+            if self._connection is not None and self._connected_in == os.getpid():
+                self._connection.close()
+                self._connection = None
 
     def _loaded(self) -> dict[tuple[FileKey, str], Any]:
         if self._facts is None:
-            rows = self._connect().execute("SELECT path, size, mtime_ns, inode, kind, value FROM facts").fetchall()
+            with self._failing("cannot be read"):
+                rows = self._connect().execute("SELECT path, size, mtime_ns, inode, kind, value FROM facts").fetchall()
             self._facts = {((p, s, m, i), kind): json.loads(v) for p, s, m, i, kind, v in rows}
         return self._facts
 
     def lookup(self, path: Path, kind: str, compute: Callable[[Path], Any]) -> Any:
         """The stored `kind` fact of this version of `path`, else `compute(path)`, stored."""
         key = file_key(path)
-        facts = self._loaded()
-        if (key, kind) not in facts:
-            self.store(key, kind, compute(path))
-        return facts[(key, kind)]
+        with self._lock:
+            if (key, kind) in self._loaded():
+                return self._loaded()[(key, kind)]
+        value = compute(path)  # outside the lock: another thread may look up meanwhile
+        self.store(key, kind, value)
+        return value
 
     def has(self, path: Path, kinds: tuple[str, ...]) -> bool:
         """Whether every one of `kinds` is stored for this version of `path`."""
-        key, facts = file_key(path), self._loaded()
-        return all((key, kind) in facts for kind in kinds)
+        key = file_key(path)
+        with self._lock:
+            facts = self._loaded()
+            return all((key, kind) in facts for kind in kinds)
 
     def store(self, key: FileKey, kind: str, value: Any) -> None:
         """A fact computed elsewhere (a worker process) for the file version `key` it read."""
-        self._loaded()[(key, kind)] = value
-        self._pending.append((*key, kind, json.dumps(value)))
-        if len(self._pending) >= _FLUSH_EVERY:
-            self.flush()
+        with self._lock:
+            self._loaded()[(key, kind)] = value
+            self._pending.append((*key, kind, json.dumps(value)))
+            if len(self._pending) >= _FLUSH_EVERY:
+                self.flush()
 
     def flush(self) -> None:
         """Write the facts computed since the last flush (one transaction)."""
-        if not self._pending:
-            return
-        with self._connect() as connection:
-            connection.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?)", self._pending)
-        self._pending.clear()
+        with self._lock:
+            if not self._pending:
+                return
+            with self._failing("cannot be written"), self._connect() as connection:
+                connection.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?, ?)", self._pending)
+            self._pending.clear()
 
 
-def _opener() -> tuple[int, int]:
-    return os.getpid(), threading.get_ident()
+_INHERITED: list[sqlite3.Connection] = []  # connections a forked child holds but must not use or close
 
 
 _INDEXES: dict[Path, FileIndex] = {}
