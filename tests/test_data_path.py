@@ -135,19 +135,21 @@ def test_prepare_in_a_pool_computes_what_a_job_would(embedded_corpus, tmp_path: 
     """Two workers (chunks made small so the 24 clips reach the pool) on a new file index: the
     pool reads each clip and computes its features in one pass, and the corpus check then finds
     what the pool read. A second pass finds everything done, and the features equal those
-    computed in this process. FastSpeech2's pitch and energy are registered by its module, which
-    the workers (forked from a server without torch) import when asked for them."""
+    computed in this process. FastSpeech2's pitch and energy are registered by `prosody`, which
+    the workers (forked from a server without torch) import when asked for them, and still
+    import no torch."""
     monkeypatch.setattr(prepare, "MAX_CHUNK", 4)
     monkeypatch.setenv("TTSBENCH_CACHE", str(tmp_path / "new-index"))
     systems = ("tacotron-gradual", "fastspeech2-sniper")
     requests = models.feature_requests([(system, models.config_for(system, "tiny")) for system in systems])
-    assert "ttsbench.models.fastspeech2" in featurecache.feature_modules(k for ks in requests.values() for k in ks)
+    assert featurecache.feature_modules(k for ks in requests.values() for k in ks) == ("ttsbench.prosody",)
     with Workers(2, progress=False) as workers:
         corpus, summary = prepare_corpus("embedded", requests, workers, root=tmp_path / "pool")
         assert summary.computed == len(embedded_corpus) and summary.workers == 2
         assert [u.num_samples for u in corpus.utterances] == [u.num_samples for u in embedded_corpus.utterances]
         assert data.facts_unknown([u.audio_path for u in corpus.utterances]) == []
         assert prepare_corpus("embedded", requests, workers, root=tmp_path / "pool")[1].computed == 0
+        assert workers.start().submit(eval, "'torch' in __import__('sys').modules").result() is False
     for config, kinds in requests.items():
         for utterance in embedded_corpus.utterances[:4]:
             digest = file_digest(utterance.audio_path)
@@ -305,9 +307,34 @@ def test_compile_keeps_parameter_names_so_checkpoints_load_either_way() -> None:
     model.load_state_dict(eager.state_dict())
 
 
-def test_a_killed_preparation_keeps_its_packs_and_the_next_computes_the_rest(tmp_path: Path) -> None:
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid` (Linux /proc): its children, theirs, and so on."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        found.update(below := children.get(todo.pop(), []))
+        todo += below
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_preparation_keeps_its_packs_and_the_next_computes_the_rest(tmp_path: Path, workers: int) -> None:
     """SIGKILL while `data prepare` writes its packs (one per 32 clips): the packs written are
-    whole, and the next run finds their clips cached and computes only the others."""
+    whole, and the next run finds their clips cached and computes only the others. A pool's
+    fork server and workers end with the command (none is left idling)."""
     corpus, count = tmp_path / "corpus", 480
     (corpus / "wavs").mkdir(parents=True)
     for i in range(count):
@@ -315,14 +342,20 @@ def test_a_killed_preparation_keeps_its_packs_and_the_next_computes_the_rest(tmp
     (corpus / "metadata.csv").write_text("".join(f"c{i:03d}|clip {i}|clip {i}\n" for i in range(count)), "utf-8")
     env = {**os.environ, "TTSBENCH_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "ttsbench", "data", "prepare", str(corpus), "--systems", "glow-tts",
-               "--workers", "1", "--quiet"]
+               "--workers", str(workers), "--quiet"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     packs = tmp_path / "cache" / "features"
     deadline = time.monotonic() + 120
     while len(list(packs.glob("*/*.pack"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    below = _descendants(process.pid)
     process.kill()
     process.wait()
+    assert workers == 1 or len(below) >= 3, f"no pool seen under the command: {below}"  # server, 2 workers
+    deadline = time.monotonic() + 10
+    while (left := {pid for pid in below if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, "processes of the killed command live on"
     kept = len(list(packs.glob("*/*.pack")))
     assert 2 <= kept < count // 32, "killed too late to test anything: make the corpus longer"
     again = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
@@ -348,3 +381,27 @@ def test_the_command_line_gives_its_caller_the_collector_back() -> None:
     frozen = gc.get_freeze_count()
     assert main(["list"]) == 0
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+    gc.freeze()  # a caller that froze objects itself keeps its freeze as it was
+    try:
+        held = gc.get_freeze_count()
+        assert main(["list"]) == 0 and gc.get_freeze_count() == held
+    finally:
+        gc.unfreeze()
+
+
+def _die_in_worker(chunk: list[int]) -> list[int]:
+    os._exit(1)  # what a segfault in a native library, or the OOM killer, does to a worker
+
+
+def test_a_worker_that_dies_is_a_clear_error() -> None:
+    with Workers(2, progress=False) as workers, pytest.raises(UserError, match="feature worker process died"):
+        workers.run(_die_in_worker, list(range(4 * prepare.MAX_CHUNK)), "dying")
+
+
+def test_prepare_points_at_the_npy_folders_of_an_older_cache(embedded_corpus, tmp_path: Path) -> None:
+    config = models.config_for("glow-tts", "tiny").audio
+    old = tmp_path / "features" / config.digest() / "ab"
+    old.mkdir(parents=True)
+    np.save(old / "ab12.mel.npy", np.zeros((3, 80), np.float32))
+    with Workers(1, progress=False) as workers, pytest.warns(UserWarning, match=r"1 folder\(s\) of .npy features"):
+        prepare_corpus("embedded", {config: ("mel",)}, workers, root=tmp_path / "features")

@@ -16,13 +16,8 @@ from ttsbench import models
 from ttsbench.audio import AudioConfig, Clip, load_audio
 from ttsbench.batches import Batch, collate
 from ttsbench.data import Corpus
-from ttsbench.models.fastspeech2 import (
-    FastSpeech2Config,
-    FastSpeech2Sniper,
-    energy_feature,
-    even_durations,
-    pitch_feature,
-)
+from ttsbench.models.fastspeech2 import FastSpeech2Config, FastSpeech2Sniper, even_durations
+from ttsbench.prosody import energy_feature, pitch_feature
 from ttsbench.train import TrainOptions, load_model_examples, pad_values, train
 
 OVERFIT_STEPS = 40

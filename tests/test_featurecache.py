@@ -4,14 +4,16 @@ the packs other processes add and forgets those removed."""
 from __future__ import annotations
 
 import os
+import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ttsbench.audio import AudioConfig
-from ttsbench.featurecache import FeatureCache, PackError, read_table, write_pack
+from ttsbench.featurecache import FeatureCache, NewerPackError, PackError, read_table, write_pack
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -37,14 +39,55 @@ def test_a_pack_maps_back_exactly_what_was_written(tmp_path: Path) -> None:
             mapped[...] = 0
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def _table_of(whole: bytes, edit: Callable[[str], str]) -> bytes:
+    """The pack with its JSON table edited (padded to the same length, so offsets still hold)."""
+    length = struct.unpack("<Q", whole[8:16])[0]
+    table = edit(whole[16 : 16 + length].decode())
+    return whole[:8] + struct.pack("<Q", len(table)) + table.encode() + whole[16 + len(table) :]
+
+
+DAMAGES: dict[str, Callable[[bytes], bytes]] = {
+    "truncated": lambda whole: whole[:-10],
+    "garbage": lambda whole: b"TTSBPACK" + whole[8:40],
+    "empty": lambda whole: b"",
+    "huge table length": lambda whole: whole[:8] + struct.pack("<Q", 2**63) + whole[16:],
+    "unknown dtype": lambda whole: _table_of(whole, lambda table: table.replace('"<f4"', '"zz!"', 1)),
+    "table not a mapping": lambda whole: _table_of(whole, lambda table: "[" + table[1:-1] + "]"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_pack_is_refused(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "x.pack"
     write_pack(path, _arrays())
-    whole = path.read_bytes()
-    path.write_bytes({"truncated": whole[:-10], "garbage": b"TTSBPACK" + whole[8:40], "empty": b""}[damage])
+    path.write_bytes(DAMAGES[damage](path.read_bytes()))
     with pytest.raises(PackError):
         read_table(path)
+
+
+def test_a_pack_of_a_newer_format_is_skipped_not_removed(tmp_path: Path) -> None:
+    cache = FeatureCache(AudioConfig(), tmp_path)
+    cache.store({"d1": {"mel": np.ones((4, 80), np.float32)}})
+    pack = cache.find("d1", "mel").pack
+    pack.write_bytes(_table_of(pack.read_bytes(), lambda table: table.replace('"version":1', '"version":2')))
+    with pytest.raises(NewerPackError):
+        read_table(pack)
+    reader = FeatureCache(AudioConfig(), tmp_path)
+    assert reader.missing("d1", ["mel"]) == ["mel"] and pack.exists()
+
+
+def test_a_removed_pack_leaves_its_features_found_in_a_duplicate(tmp_path: Path) -> None:
+    """Two writers computed the same clip (two jobs at once): removing the pack in use leaves the
+    key pointing at the other pack, not missing."""
+    first, second = FeatureCache(AudioConfig(), tmp_path), FeatureCache(AudioConfig(), tmp_path)
+    mel = np.ones((4, 80), np.float32)
+    first.store({"d1": {"mel": mel}})
+    second.store({"d1": {"mel": mel}, "d2": {"mel": mel}})
+    reader = FeatureCache(AudioConfig(), tmp_path)
+    reader.refresh()
+    reader.find("d1", "mel").pack.unlink()
+    reader.refresh()
+    assert reader.find("d1", "mel") is not None and reader.find("d1", "mel").pack.exists()
 
 
 def test_a_cache_sees_packs_another_writer_adds_and_forgets_removed_ones(tmp_path: Path) -> None:

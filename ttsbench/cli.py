@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -177,15 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "fork_server", False):  # a command with a worker pool: its imports overlap ours
-            start_early(args.workers)
-        with _collector_off():
-            command = handler(args.handler)
-        gc.freeze()
-        try:
-            return int(command(args))
-        finally:
-            gc.unfreeze()  # a caller in this process (a test) gets its collector back whole
+        return _run_command(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -204,8 +197,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """Import the command's module with the collector off and run it on a frozen heap, its
+    warnings shown as one `warning:` line each (with their source under --debug)."""
+    if getattr(args, "fork_server", False):  # a command with a worker pool: its imports overlap ours
+        start_early(args.workers)
+    with _collector_off():
+        command = handler(args.handler)
+    with _frozen_heap(), _warning_lines(not args.debug):
+        return int(command(args))
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Every object now alive out of the collector's reach for the block; a caller that froze
+    objects itself keeps its freeze as it was, and one that did not (a test) gets its collector
+    back whole."""
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if ours:
+            gc.unfreeze()
+
+
+@contextlib.contextmanager
+def _warning_lines(plain: bool) -> Iterator[None]:
+    """Warnings printed as `warning: MESSAGE` for the block when `plain` (not Python's
+    `file:line: Category: message` and the source line, which mean nothing to a user)."""
+    shown = warnings.formatwarning
+    if plain:
+        warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
 @contextlib.contextmanager
 def _collector_off() -> Iterator[None]:
+    """The cyclic collector off for the block, then as it was."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -14,9 +14,6 @@ per job, from the driver's process, when the job has ended: outcome is `execute`
 
 from __future__ import annotations
 
-import ctypes
-import signal
-import sys
 import threading
 import traceback
 from abc import ABC, abstractmethod
@@ -26,6 +23,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from ttsbench.errors import UserError
+from ttsbench.forkserver import die_with_parent
 from ttsbench.jobs import execute
 from ttsbench.options import EXECUTOR_TYPES
 from ttsbench.suite import ExecutorSpec, Job
@@ -40,15 +38,6 @@ def _error_text(err: BaseException) -> str:
         return str(err)
     lines = traceback.format_exception(type(err), err, err.__traceback__)
     return "".join(lines[-6:]).strip()
-
-
-def die_with_parent() -> None:
-    """Linux: a job process is killed when its driver dies, so no orphan trains on after a kill."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def failed(error: str) -> dict[str, Any]:

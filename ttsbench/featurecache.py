@@ -31,25 +31,31 @@ from ttsbench.fileio import atomic_path
 
 FeatureFunction = Callable[[Clip], np.ndarray]  # one kind, [frames, ...], from a clip under its front end
 FEATURES: dict[str, FeatureFunction] = {"mel": mel_feature, "linear": linear_feature}
+_REGISTERED_BY: dict[str, str] = {}  # kind -> the module whose import registers it (none for the built-in two)
 Requests = dict[AudioConfig, tuple[str, ...]]  # front end -> the feature kinds computed with it
 
 PACK_SUFFIX = ".pack"
 _MAGIC = b"TTSBPACK"
 _PREFIX = struct.Struct("<8sQ")  # the magic, then the table's length in bytes
 _ALIGN = 64
+_VERSION = 1  # of the table's layout; a reader skips packs of another version
 _SETTLED_NS = 3_000_000_000  # a folder mtime this old cannot hide a later change
 _ABANDONED_NS = 3600 * 1_000_000_000  # a pack still being written after this long lost its writer to a kill
 
 
-def register_feature(name: str, function: FeatureFunction) -> None:
-    """Add a cached feature kind (e.g. pitch for FastSpeech2): clip -> [frames, ...]."""
+def register_feature(name: str, function: FeatureFunction, module: str | None = None) -> None:
+    """Add a cached feature kind (e.g. pitch for FastSpeech2): clip -> [frames, ...]. `module`
+    is the one whose import makes this call (pass `__name__`): a feature worker, a fresh
+    process, imports it to have the kind. Left out, it is the function's own module, which is
+    wrong for a partial or a function defined elsewhere."""
     FEATURES[name] = function
+    _REGISTERED_BY[name] = module or function.__module__
 
 
 def feature_modules(kinds: Iterable[str]) -> tuple[str, ...]:
-    """The modules defining these kinds: what a fresh worker process imports so that FEATURES
-    holds them (a system's module registers its own kinds, e.g. FastSpeech2's pitch)."""
-    return tuple(sorted({FEATURES[kind].__module__ for kind in kinds if kind in FEATURES}))
+    """The modules registering these kinds: what a fresh worker process imports so that FEATURES
+    holds them (`ttsbench.prosody` for FastSpeech2's pitch and energy, a plugin's own module)."""
+    return tuple(sorted({_REGISTERED_BY[kind] for kind in kinds if kind in _REGISTERED_BY}))
 
 
 def default_cache_dir() -> Path:
@@ -70,6 +76,11 @@ def compute_features(audio_path: Path, config: AudioConfig, kinds: Sequence[str]
 
 class PackError(ValueError):
     """A pack whose table cannot be read or whose file is shorter than its table says."""
+
+
+class NewerPackError(Exception):
+    """A pack in a format this version cannot read (a newer ttsbench shares the cache): left
+    alone, not removed, and its features are computed again here."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,7 @@ def write_pack(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, Stored
     for key, array in contiguous.items():
         table[key] = {"offset": offset, "shape": list(array.shape), "dtype": array.dtype.str}
         offset = _aligned(offset + array.nbytes)
-    header = json.dumps({"version": 1, "arrays": table}, separators=(",", ":")).encode()
+    header = json.dumps({"version": _VERSION, "arrays": table}, separators=(",", ":")).encode()
     start = _aligned(_PREFIX.size + len(header))
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(_PREFIX.pack(_MAGIC, len(header)) + header)
@@ -116,18 +127,24 @@ def write_pack(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, Stored
 
 
 def read_table(path: Path) -> dict[str, Stored]:
-    """A pack's table of contents (nothing of its arrays is read); PackError when damaged."""
+    """A pack's table of contents (nothing of its arrays is read): PackError when damaged,
+    NewerPackError when written by a later format."""
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             magic, length = _PREFIX.unpack(handle.read(_PREFIX.size))
             if magic != _MAGIC:
                 raise PackError("not a ttsbench feature pack")
-            table = json.loads(handle.read(length))["arrays"]
-            size = os.fstat(handle.fileno()).st_size
-        stored = _located(path, _aligned(_PREFIX.size + length), table)
-    except (struct.error, ValueError, KeyError, TypeError) as err:
-        raise PackError(f"unreadable table ({err})") from None
-    if size < (end := max((s.end for s in stored.values()), default=0)):
+            if length > size - _PREFIX.size:
+                raise PackError(f"truncated: {size} bytes, its table alone takes {length}")
+            header = json.loads(handle.read(length))
+        if header["version"] != _VERSION:
+            raise NewerPackError(f"format version {header['version']}; this ttsbench reads version {_VERSION}")
+        stored = _located(path, _aligned(_PREFIX.size + length), header["arrays"])
+        end = max((s.end for s in stored.values()), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise PackError(f"unreadable table ({type(err).__name__}: {err})") from None
+    if size < end:
         raise PackError(f"truncated: {size} bytes, its arrays end at {end}")
     return stored
 
@@ -191,8 +208,9 @@ class FeatureCache:
         self.config = config
         self.root = (root or default_cache_dir()) / config.digest()
         self._stored: dict[str, Stored] = {}
-        self._packs: dict[str, list[str]] = {}  # pack file name -> its keys
+        self._packs: dict[str, dict[str, Stored]] = {}  # pack file name -> its table
         self._listed: int | None | bool = False  # the folder's mtime when last listed (None: no folder)
+        self.old_folders: list[Path] = []  # the .npy shard folders of ttsbench before packs, as last listed
 
     def refresh(self) -> None:
         """Read the tables of packs added since the last look; forget packs since removed. A
@@ -211,21 +229,31 @@ class FeatureCache:
         entries = list(os.scandir(self.root)) if stamp is not None else []
         _remove_abandoned([entry for entry in entries if entry.name.endswith(".tmp")])
         names = {entry.name for entry in entries if entry.name.endswith(PACK_SUFFIX)}
-        for gone in self._packs.keys() - names:
-            for key in self._packs.pop(gone):
-                self._stored.pop(key, None)
+        self.old_folders = [Path(entry.path) for entry in entries if entry.is_dir()]
+        self._forget([self._packs.pop(gone) for gone in self._packs.keys() - names])
         for name in names - self._packs.keys():
             try:
                 self._add(name, read_table(self.root / name))
             except PackError as err:
                 warnings.warn(f"{self.root / name}: damaged feature pack, removed: {err}", stacklevel=2)
                 (self.root / name).unlink(missing_ok=True)
+            except NewerPackError:
+                self._packs[name] = {}  # not read again at each listing
             except FileNotFoundError:  # removed between the listing and the read
                 pass
 
     def _add(self, name: str, stored: Mapping[str, Stored]) -> None:
-        self._packs[name] = list(stored)
+        self._packs[name] = dict(stored)
         self._stored.update(stored)
+
+    def _forget(self, tables: Sequence[Mapping[str, Stored]]) -> None:
+        """Drop removed packs' entries; a key another pack also holds (two writers computed the
+        same clip) is found there instead of being computed again."""
+        orphaned = {key for table in tables for key, stored in table.items() if self._stored.get(key) == stored}
+        for key in orphaned:
+            del self._stored[key]
+        for table in self._packs.values() if orphaned else ():
+            self._stored.update((key, table[key]) for key in orphaned & table.keys())
 
     def find(self, digest: str, kind: str) -> Stored | None:
         """Where this content's `kind` is stored, as of the last refresh."""

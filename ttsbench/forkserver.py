@@ -9,10 +9,16 @@ from the command itself; where there is no fork server (macOS, Windows) they are
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
+import select
+import signal
+import sys
+import threading
+import time
 
 # What the server imports once for every worker it forks, with the garbage collector off
 # (`ttsbench.gcoff`, first): this package's preparation (free of torch), and the librosa modules
@@ -41,3 +47,42 @@ def start_early(workers: int | None) -> None:
     processes (None: every core) will be wanted; a later pool on `worker_context()` uses it."""
     if (workers or available_cores()) > 1 and worker_context().get_start_method() == "forkserver":
         multiprocessing.forkserver.ensure_running()
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies, so no orphan trains on after a kill of
+    the command (a job process, the command's child). A feature worker's parent is the fork
+    server instead, which outlives the command: it uses `exit_with`."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def exit_with(pid: int) -> None:
+    """End this process as soon as process `pid` (the command) ends. A feature worker's parent is
+    the fork server, which outlives a SIGKILLed command: each worker holds the server's liveness
+    pipe open and waits for tasks on a queue it holds open itself, so server and workers would
+    idle on for good, holding librosa's memory."""
+    threading.Thread(target=_exit_after, args=(pid,), daemon=True, name=f"exit-with-{pid}").start()
+
+
+def _exit_after(pid: int) -> None:
+    try:
+        watched = os.pidfd_open(pid)  # Linux >= 5.3: readable once the process has ended
+        select.select([watched], [], [])
+    except (AttributeError, OSError):  # no pidfd here, or `pid` already gone: ask once a second
+        while _exists(pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -16,9 +16,11 @@ import importlib
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +34,7 @@ from ttsbench.data import (DIGEST_FACT, Corpus, CorpusError, check_listed_audio,
 from ttsbench.errors import UserError
 from ttsbench.featurecache import FeatureCache, compute_features, default_cache_dir, feature_modules
 from ttsbench.fileindex import FileKey, flush_all
-from ttsbench.forkserver import available_cores, worker_context
+from ttsbench.forkserver import available_cores, exit_with, worker_context
 
 MAX_CHUNK = 32  # files per task: large enough to hide the pool's overhead, small for a live ETA
 QUEUED = 2  # chunks submitted ahead per pool process: one to work on, one waiting behind it
@@ -82,7 +84,8 @@ class Workers:
         blocks until the fork server has done its imports, so a thread makes one empty submit
         per process while this one goes on."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.count, mp_context=worker_context(), initializer=_init_worker)
+            self._pool = ProcessPoolExecutor(self.count, mp_context=worker_context(), initializer=_init_worker,
+                                             initargs=(os.getpid(),))
             threading.Thread(target=_start_processes, args=(self._pool, self.count), daemon=True).start()
         return self._pool
 
@@ -107,14 +110,29 @@ class Workers:
                 pending[pool.submit(function, chunk)] = len(chunk)
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                results += _counted(future.result(), pending.pop(future), bar, on_chunk)
+                results += _counted(_chunk_result(future), pending.pop(future), bar, on_chunk)
         return results
 
 
+def _chunk_result(future: Future) -> list[R]:
+    """A chunk's results; a worker that died (a crash in a native library, the OOM killer) is a
+    UserError: what the other chunks computed is kept, and the next run does the rest."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise UserError("a feature worker process died (killed, out of memory, or crashed in a native library); "
+                        "the features computed so far are kept: run the same command again to compute the rest, "
+                        "with --workers 1 to see which file it dies on") from None
+
+
 def _start_processes(pool: ProcessPoolExecutor, count: int) -> None:
-    """One empty task per process: each submit that finds no idle process starts one."""
-    for _ in range(count):
-        pool.submit(int)
+    """One empty task per process: each submit that finds no idle process starts one. A pass
+    that ended meanwhile (an error, Ctrl-C) shut the pool down: nothing is left to start."""
+    try:
+        for _ in range(count):
+            pool.submit(int)
+    except (RuntimeError, BrokenProcessPool):
+        pass
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -127,11 +145,12 @@ def _counted(results: list[R], size: int, bar: tqdm, on_chunk: Callable[[list[R]
     return results
 
 
-def _init_worker() -> None:
+def _init_worker(command: int) -> None:
     """One thread per worker, so N workers keep N cores busy: the mel projection runs BLAS on one
     thread (`audio`), and a library a feature's module loads later (torch) reads this. The
     garbage collector back on (the fork server imports with it off: `ttsbench.gcoff`), with the
     objects inherited from the server frozen out of its collections."""
+    exit_with(command)  # a SIGKILLed command takes its workers (and so its fork server) with it
     os.environ["OMP_NUM_THREADS"] = "1"
     gc.enable()
     gc.freeze()
@@ -165,6 +184,10 @@ def file_tasks(paths: Sequence[Path], unknown: Set[Path], requests: Mapping[Audi
     caches = [(feature_cache(audio, root), kinds) for audio, kinds in todo]
     for cache, _ in caches:
         cache.refresh()  # this process may have looked before another wrote
+        if cache.old_folders:
+            warnings.warn(f"{cache.root}: {len(cache.old_folders)} folder(s) of .npy features from an older ttsbench "
+                          "are no longer read (features are stored in packs now): delete them to free the space",
+                          stacklevel=2)
     tasks: list[FileTask] = []
     for path in tqdm(paths, desc="checking the feature cache", unit="file", disable=not progress, leave=False):
         if path in unknown:
@@ -179,8 +202,9 @@ def file_tasks(paths: Sequence[Path], unknown: Set[Path], requests: Mapping[Audi
 
 
 def _remember(outcomes: Sequence[FileOutcome]) -> None:
-    """Store the facts a chunk read (as it arrives: a killed pass keeps them, and this runs while
-    the pool is still working instead of after it)."""
+    """Store the facts a chunk read, as it arrives: this runs while the pool is still working
+    instead of after it, and an interrupted pass (Ctrl-C, an error) writes them all; a SIGKILL
+    loses those not flushed yet (up to `fileindex._FLUSH_EVERY`), which are read again."""
     for outcome in outcomes:
         if outcome.key is not None:
             remember_facts(outcome.key, outcome.facts)
@@ -250,6 +274,7 @@ def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str
     failure (after a CorpusError, which says more).
     """
     started = time.perf_counter()
+    root = root or default_cache_dir()  # here, not in the workers: they see the fork server's environment
     listing = read_metadata(path)
     files = list(dict.fromkeys(entry.audio_path for entry in listing.entries if entry.audio_path))
     unknown = set(facts_unknown(files))
@@ -262,10 +287,12 @@ def prepare_corpus(path: str | Path, requests: Mapping[AudioConfig, Sequence[str
             texts.result()  # no pool to go beside: this thread computes, and the GIL is one
         tasks = file_tasks(files, unknown, requests, root, workers.progress)
         modules = feature_modules(kind for kinds in requests.values() for kind in kinds)
-        outcomes = workers.run(functools.partial(prepare_chunk, root=root, modules=modules), tasks, "features",
-                               on_chunk=_remember)
+        try:
+            outcomes = workers.run(functools.partial(prepare_chunk, root=root, modules=modules), tasks, "features",
+                                   on_chunk=_remember)
+        finally:
+            flush_all()  # an interrupted pass keeps the facts of the chunks that came back
         listing = texts.result()
-    flush_all()
     corpus, problems = check_listed_audio(listing)
     if problems:
         raise CorpusError(problems)

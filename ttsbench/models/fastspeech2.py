@@ -29,7 +29,6 @@ Tensors inside are channel-major, [B, C, T], with float masks [B, 1, T].
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttsbench.align.mas import maximum_path
-from ttsbench.audio import Clip, num_frames
+from ttsbench import prosody
 from ttsbench.batches import Batch
-from ttsbench.featurecache import register_feature
 from ttsbench.models import register
 from ttsbench.models.base import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import (
@@ -61,49 +59,8 @@ from ttsbench.models.layers import (
 from ttsbench.schedule import PiecewiseConstant
 from ttsbench.sparsity import SparsityController, prunable_parameters, zero_fraction
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)  # pyworld imports the deprecated pkg_resources
-    import pyworld
-
-# ESPnet's Dio defaults (f0min, f0max), which SNIPER's LJSpeech recipe used.
-PITCH_FLOOR_HZ = 80.0
-PITCH_CEILING_HZ = 400.0
 ENERGY_FLOOR = 1e-5
 MASKED_SCORE = -1e4  # finite, so CTC and log-softmax stay free of NaN gradients
-
-
-# --------------------------------------------------------------------------------------------
-# Cached features
-
-
-def pitch_feature(clip: Clip) -> np.ndarray:
-    """F0 in Hz per mel frame, 0 where unvoiced: WORLD's DIO refined by StoneMask.
-
-    DIO at the mel hop puts its frame i at sample i * hop, the centre of the centred STFT's
-    frame i, so the contour lines up with the mel; the count is forced to 1 + n // hop. DIO with
-    StoneMask takes ~0.2 s per 9.7 s clip here where librosa's pYIN takes ~10 s (its Viterbi
-    over a fine pitch grid), and DIO is what ESPnet (hence SNIPER) and ming024 extract.
-    """
-    audio, config = clip.audio, clip.config
-    signal = np.asarray(audio, dtype=np.float64)
-    frame_period_ms = 1000.0 * config.hop_length / config.sample_rate
-    coarse, times = pyworld.dio(
-        signal, config.sample_rate, f0_floor=PITCH_FLOOR_HZ, f0_ceil=PITCH_CEILING_HZ, frame_period=frame_period_ms
-    )
-    refined = pyworld.stonemask(signal, coarse, times, config.sample_rate)
-    f0 = np.zeros(num_frames(len(audio), config), dtype=np.float32)
-    shared = min(len(f0), len(refined))
-    f0[:shared] = refined[:shared]
-    return f0
-
-
-def energy_feature(clip: Clip) -> np.ndarray:
-    """L2 norm of each frame of the STFT magnitude the mel is computed from (the same one)."""
-    return np.linalg.norm(clip.magnitude, axis=0).astype(np.float32)
-
-
-register_feature("pitch", pitch_feature)
-register_feature("energy", energy_feature)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +398,7 @@ class FastSpeech2Sniper(TTSModel):
     """
 
     Config = FastSpeech2Config
-    feature_kinds = ("mel", "pitch", "energy")
+    feature_kinds = ("mel", *prosody.KINDS)
     config: FastSpeech2Config
 
     def __init__(self, config: FastSpeech2Config, num_symbols: int):
