@@ -1,7 +1,7 @@
 """Pitch and energy per mel frame: FastSpeech2's variance targets, as cached feature kinds.
 
-Apart from `ttsbench.models.fastspeech2` (which imports torch) so that the feature workers of
-`ttsbench data prepare` compute them without importing torch: importing this module registers
+Kept apart from `ttsbench.models.fastspeech2` (which imports torch) so that the feature workers
+of `ttsbench data prepare` compute them without importing torch: importing this module registers
 the kinds `pitch` and `energy`, and a worker imports it for them (`featurecache.feature_modules`).
 """
 
