@@ -307,15 +307,20 @@ def test_compile_keeps_parameter_names_so_checkpoints_load_either_way() -> None:
     model.load_state_dict(eager.state_dict())
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat after the command name: state, parent pid, ... (empty once it has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _descendants(pid: int) -> set[int]:
     """The processes below `pid` (Linux /proc): its children, theirs, and so on."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-        children.setdefault(parent, []).append(int(stat.parent.name))
+    for process in Path("/proc").glob("[0-9]*"):
+        if fields := _stat_fields(process.name):
+            children.setdefault(int(fields[1]), []).append(int(process.name))
     found, todo = set(), [pid]
     while todo:
         found.update(below := children.get(todo.pop(), []))
@@ -324,10 +329,7 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _stat_fields(pid)[:1] not in ([], ["Z"])  # gone, or a zombie nobody reaped
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -105,8 +105,9 @@ class FileIndex:
         """The stored `kind` fact of this version of `path`, else `compute(path)`, stored."""
         key = file_key(path)
         with self._lock:
-            if (key, kind) in self._loaded():
-                return self._loaded()[(key, kind)]
+            facts = self._loaded()
+            if (key, kind) in facts:
+                return facts[(key, kind)]
         value = compute(path)  # outside the lock: another thread may look up meanwhile
         self.store(key, kind, value)
         return value
