@@ -161,3 +161,33 @@ def test_never_reaching_counts_only_when_the_run_went_on_long_enough(dctts_last_
                     *[rows("taco", seed, "val/diagonal_score", [0.2, 0.7], [100, 200], [10.0, 20.0]) for seed in (0, 1)])
     [verdict] = judge(results, {"dctts_fast": {"system": "dc", "baseline": "taco"}}, THRESHOLDS)
     assert verdict.verdict == expected
+
+
+def test_dctts_fast_times_text2mel_on_its_own_clock_and_the_pair_on_all_seconds():
+    """DC-TTS aligns at total second 150 but Text2Mel's own second 40 (SSRN took the rest): the
+    alignment check reads Text2Mel's clock and holds against Tacotron at 100 s; the pair speaks at
+    total second 150, later than Tacotron's 100, so the intelligibility check does not hold."""
+    steps, seconds = [100, 200], [60.0, 150.0]
+    dc = [rows("dc", seed, "val/diagonal_score", [0.1, 0.7], steps, seconds)
+          + rows("dc", seed, "val/seconds/text2mel", [20.0, 40.0], steps, seconds)
+          + rows("dc", seed, "val/wer", [1.0, 0.1], steps, seconds) for seed in (0, 1)]
+    taco = [rows("taco", seed, "val/diagonal_score", [0.1, 0.7], steps, [50.0, 100.0])
+            + rows("taco", seed, "val/wer", [1.0, 0.1], steps, [50.0, 100.0]) for seed in (0, 1)]
+    [verdict] = judge(frame(*dc, *taco), {"dctts_fast": {"system": "dc", "baseline": "taco"}},
+                      {**THRESHOLDS, "wer": 0.2})
+    assert [(c.name, c.verdict, c.a_values) for c in verdict.checks] == [
+        ("Text2Mel aligns sooner (training seconds)", HOLDS, [40.0, 40.0]),
+        ("speaks sooner (training seconds)", FAILS, [150.0, 150.0]),
+    ]
+    assert verdict.verdict == FAILS
+
+
+def test_gradual_training_is_judged_on_time_to_intelligible_when_validation_scored_wer():
+    results = frame(*[alignment_curve("grad", seed, 100) + rows("grad", seed, "val/wer", [1.0, 0.1, 0.0, 0.0],
+                                                                [100, 200, 300, 400]) for seed in (0, 1)],
+                    *[alignment_curve("fixed", seed, 100) + rows("fixed", seed, "val/wer", [1.0, 1.0, 1.0, 0.1],
+                                                                 [100, 200, 300, 400]) for seed in (0, 1)])
+    [verdict] = judge(results, {"gradual_training": {"gradual": "grad", "fixed": "fixed"}}, {**THRESHOLDS, "wer": 0.2})
+    target = [c for c in verdict.checks if c.name == "reaches the quality target sooner (steps)"]
+    assert target[0].a_values == [200.0, 200.0] and target[0].b_values == [400.0, 400.0]
+    assert "validation WER" in target[0].rule and target[0].verdict == HOLDS

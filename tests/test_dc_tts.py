@@ -332,3 +332,25 @@ def test_alignment_shapes_and_durations(short_examples: list[Example], frame_mul
         np.testing.assert_allclose(alignment.soft.sum(axis=0), 1.0, atol=1e-5)
         assert alignment.durations.shape == (len(example.text_ids),)
         assert alignment.durations.sum() == example.num_frames and alignment.durations.min() >= 0
+
+
+def test_ssrn_trains_only_for_its_own_step_budget(tmp_path, embedded_corpus: Corpus) -> None:
+    """The two networks are trained independently: with ssrn_steps=2 the trainer updates SSRN at
+    steps 0 and 1 only, Text2Mel at every step, and logs each network's own seconds."""
+    import json
+
+    from ttsbench.train import TrainOptions, train
+
+    model = tiny_model(ssrn_steps=2, max_reduced_frames=20)
+    assert model.network_steps() == {"ssrn": 2} and tiny_model().network_steps() == {}
+    train(model, embedded_corpus, tmp_path, TrainOptions(steps=2, device="cpu", val_every=0, progress=False))
+    ssrn_after_budget = {k: v.clone() for k, v in model.ssrn.state_dict().items()}
+    text2mel_after_budget = {k: v.clone() for k, v in model.text2mel.state_dict().items()}
+    train(model, embedded_corpus, tmp_path, TrainOptions(steps=4, device="cpu", val_every=0, progress=False))
+    assert all(torch.equal(v, model.ssrn.state_dict()[k]) for k, v in ssrn_after_budget.items())
+    assert not all(torch.equal(v, model.text2mel.state_dict()[k]) for k, v in text2mel_after_budget.items())
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert ["ssrn/loss" in row for row in rows] == [True, True, False, False]
+    assert all("text2mel/loss" in row for row in rows)
+    assert rows[3]["seconds/ssrn"] == rows[1]["seconds/ssrn"] > 0  # SSRN's time stops with its updates
+    assert rows[3]["seconds/text2mel"] > rows[1]["seconds/text2mel"]

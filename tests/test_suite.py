@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from ttsbench.errors import RunStoreError
 from ttsbench.results import RunStore
-from ttsbench.suite import Suite, SuiteError, load_suite
+from ttsbench.suite import Budget, Job, Suite, SuiteError, load_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 
@@ -111,6 +112,40 @@ def test_config_hash_follows_what_shapes_the_numbers(tmp_path):
     assert scored.jobs()[1].config_hash != plain[1].config_hash
     with pytest.raises(SuiteError, match=r"suite.yaml:1: validation.metrics\[1\]: unknown metric 'mdc'"):
         load_suite(write(tmp_path, "validation: {metrics: [mcd, mdc]}\n" + base % ""))
+
+
+def test_a_quality_target_in_the_budget_is_parsed_checked_and_hashed(tmp_path):
+    base = "validation: {every: 5, metrics: [wer]}\nseeds: [0]\nbudget: %s\nsystems:\n  - {system: glow-tts}\n"
+    capped = load_suite(write(tmp_path, base % "{minutes: 2}"))
+    suite = load_suite(write(tmp_path, base % "{minutes: 2, until: {wer: 0.2, diagonal_score: 0.5}, consecutive: 2}"))
+    assert suite.budget == Budget(minutes=2, until=(("wer", 0.2), ("diagonal_score", 0.5)), consecutive=2)
+    [job] = suite.jobs()[1:]
+    assert job.config_hash != capped.jobs()[1].config_hash  # stopping early changes the numbers
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job  # executors pass jobs as JSON
+    assert Suite.from_dict(suite.to_dict()).budget == suite.budget
+    # a budget without a target hashes as it always did (runs made before targets existed resume)
+    assert capped.budget.identity() == {"steps": None, "minutes": 2.0}
+    problems = {
+        "{until: {wer: 0.2}}": "suite.yaml:3: budget: a budget needs steps, minutes or both",
+        "{steps: 9, until: {mcd: 8}}": "budget.until.mcd: mcd is not scored during training: add it to validation.metrics",
+        "{steps: 9, until: {wr: 0.2}}": "budget.until.wr: not a validation measure",
+        "{steps: 9, until: {wer: low}}": "budget.until.wer: expected a number",
+        "{steps: 9, until: {wer: 0.2}, consecutive: 0}": "budget.consecutive: expected an integer >= 1",
+    }
+    for budget, message in problems.items():
+        with pytest.raises(SuiteError, match=re.escape(message)):
+            load_suite(write(tmp_path, base % budget))
+    with pytest.raises(SuiteError, match=re.escape("budget.until: a quality target needs validation")):
+        load_suite(write(tmp_path, (base % "{steps: 9, until: {mel_l1_dtw: 1}}").replace("every: 5", "every: 0")))
+
+
+def test_overrides_that_must_agree_are_checked_together(tmp_path):
+    # alone, n_fft 1024 is below DC-TTS's win_length 1102; with win_length 1024 beside it, it is valid
+    agreed = "systems:\n  - {system: dc-tts, set: {audio.win_length: 1024, audio.n_fft: 1024}}\n"
+    [entry] = load_suite(write(tmp_path, agreed)).systems
+    assert dict(entry.overrides) == {"audio.win_length": 1024, "audio.n_fft": 1024}
+    with pytest.raises(SuiteError, match=r"systems\[0\].set.audio.n_fft: invalid override: .*win_length 1102 > n_fft 1024"):
+        load_suite(write(tmp_path, "systems:\n  - {system: dc-tts, set: {audio.n_fft: 1024}}\n"))
 
 
 def store_with_run(tmp_path: Path) -> RunStore:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ttsbench import cli, models
-from ttsbench.train import TrainOptions, build_optimizer, train
+from ttsbench.train import QualityTarget, TrainOptions, build_optimizer, train
 
 SCHEDULE = "gradual_training=[[0, 5, 4], [3, 3, 4], [6, 2, 2]]"
 OVERRIDES = [SCHEDULE, "max_decoder_steps=40"]
@@ -171,3 +171,30 @@ def test_the_trainer_optimizer_updates_as_torch_default_one(optimizer: str) -> N
         plain.step()
     for p, twin, p0 in zip(params, twins, initial):
         assert not torch.equal(p, p0) and torch.allclose(p, twin, rtol=1e-5, atol=1e-7)
+
+
+def test_quality_target_needs_consecutive_validations_in_its_direction():
+    target = QualityTarget((("wer", 0.2), ("diagonal_score", 0.5)), consecutive=2)
+    good, bad_wer, bad_diag = {"wer": 0.1, "diagonal_score": 0.6}, {"wer": 0.3, "diagonal_score": 0.6}, {"wer": 0.0}
+    assert target.met(good) and not target.met(bad_wer) and not target.met(bad_diag)
+    assert not target.met({"wer": float("nan"), "diagonal_score": 0.9})
+    assert not target.reached([good]) and not target.reached([good, bad_wer])
+    assert target.reached([bad_wer, good, good])
+    assert not QualityTarget(()).reached([good, good])
+
+
+def test_training_stops_at_the_quality_target_and_a_resume_does_not_extend_it(tmp_path, embedded_corpus):
+    # any synthesis has a finite mel L1, so the target is met at every validation: the run stops at
+    # the second validation (consecutive=2), long before its step cap
+    until = options(40, val_every=2, val_utterances=1, until=(("mel_l1_dtw", 1e9),), until_consecutive=2)
+    first = train(tacotron(), embedded_corpus, tmp_path, until)
+    assert first.state == "finished" and first.steps == 4 and first.reached_target is True
+    assert [json.loads(line)["step"] for line in (tmp_path / "val.jsonl").read_text().splitlines()] == [2, 4]
+    assert json.loads((tmp_path / "result.json").read_text())["target"]["reached"] is True
+    assert train(tacotron(), embedded_corpus, tmp_path, until).steps == 4  # reached: nothing more to train
+    # a target never met leaves the cap to end the run, and says so
+    never = train(tacotron(), embedded_corpus, tmp_path / "never",
+                  options(4, val_every=2, val_utterances=1, until=(("mel_l1_dtw", -1.0),)))
+    assert never.steps == 4 and never.reached_target is False
+    with pytest.raises(ValueError, match="needs validation"):
+        options(4, until=(("wer", 0.2),))

@@ -89,6 +89,8 @@ def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bo
         threads=suite.threads,
         max_seconds=job.budget.max_seconds,
         val_metrics=suite.val_metrics,
+        until=job.budget.until,
+        until_consecutive=job.budget.consecutive,
     )
     state = train(model, corpus, folder.root, options).state
     rows = training_rows(folder, suite.log_every, model.num_parameters())
@@ -129,6 +131,8 @@ def training_rows(folder: TrainFolder, log_every: int, parameters: int) -> list[
     step, seconds = result["steps"], result["seconds"]
     totals = {"parameters": parameters, "train/steps": step, "train/seconds": seconds,
               "train/samples": result["samples"], "train/diverged": float(bool(events))}
+    if "target" in result:
+        totals["train/reached_target"] = float(result["target"]["reached"])
     if log:
         totals["train/steps_per_second"] = training_steps_per_second(folder.log)
         totals.update({f"train/{k}": v for k, v in log[-1].items() if k.startswith("seconds/")})

@@ -18,6 +18,9 @@ Schema (every key but `systems` has a default):
     device: auto                   # cpu | cuda | auto
     threads: 2                     # torch CPU threads per job (null: torch's choice)
     budget: {steps: 400, minutes: 1.5}   # either or both: the first reached ends training
+    budget: {minutes: 10, until: {wer: 0.2}, consecutive: 2}   # time to a quality target: stop
+                                   # at the validation where every measure of `until` has met its
+                                   # threshold `consecutive` times in a row; steps/minutes cap it
     log_every: 10                  # loss rows kept in the results every N steps
     checkpoint_every: 50
     validation: {every: 50, utterances: 2, metrics: [mcd, wer]}   # metrics: quality measures on
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,6 +67,9 @@ from ttsbench.metrics.quality import METRICS
 from ttsbench.options import CORPUS_KINDS, DEVICES, EXECUTOR_TYPES, PRESETS
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, CorpusSpec, cached_corpus, corpus_cache_path
 
+# Measures every validation gives besides the quality metrics of `validation.metrics`.
+VALIDATION_MEASURES = ("mel_l1_dtw", "diagonal_score", "focus_rate", "free_diagonal_score", "free_focus_rate",
+                       "length_ratio", "stopped", "duration_change")
 REFERENCE_JOB = "reference"  # the job that scores the recordings and their vocoder copies
 REFERENCE_VARIANT = "recording"
 
@@ -80,12 +87,34 @@ class SuiteError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Budget:
+    """How long a job trains: a cap in steps and/or minutes, and optionally a quality target.
+
+    With `until` (validation measure -> threshold, e.g. {"wer": 0.2}) the job stops at the
+    validation where every measure has met its threshold `consecutive` times in a row (MLPerf
+    Training's "time to train"); the cap then only ends a job that never gets there.
+    """
+
     steps: int | None = None
     minutes: float | None = None
+    until: tuple[tuple[str, float], ...] = ()
+    consecutive: int = 1
 
     @property
     def max_seconds(self) -> float | None:
         return self.minutes * 60.0 if self.minutes is not None else None
+
+    def identity(self) -> dict[str, Any]:
+        """What the config hash covers: a budget without a target hashes as it always did."""
+        data = {"steps": self.steps, "minutes": self.minutes}
+        if self.until:
+            data.update(until=[list(t) for t in self.until], consecutive=self.consecutive)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Budget":
+        values = dict(data)
+        values["until"] = tuple((str(m), float(t)) for m, t in values.get("until", ()))
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -142,7 +171,7 @@ class Job:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Job":
         values = dict(data)
-        values["budget"] = Budget(**values["budget"])
+        values["budget"] = Budget.from_dict(values["budget"])
         values["overrides"] = tuple(values["overrides"])
         return cls(**values)
 
@@ -211,7 +240,7 @@ class Suite:
             config = models.config_for(entry.system, entry.preset, entry.override_strings())
             digest = _hash({
                 "system": entry.system, "preset": entry.preset, "config": config.to_dict(),
-                "budget": asdict(budget), **self.shared_settings(),
+                "budget": budget.identity(), **self.shared_settings(),
             })
             for seed in self.seeds:
                 jobs.append(Job(f"{entry.variant}_seed{seed}", entry.system, entry.variant, entry.preset, seed,
@@ -225,7 +254,7 @@ class Suite:
     def from_dict(cls, data: Mapping[str, Any]) -> "Suite":
         """The inverse of `to_dict` (executors pass a suite to job processes as plain data)."""
         values = dict(data)
-        values["budget"] = Budget(**values["budget"])
+        values["budget"] = Budget.from_dict(values["budget"])
         values["evaluation"] = Evaluation(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in values["evaluation"].items()})
         values["executor"] = ExecutorSpec(**values["executor"])
@@ -236,7 +265,7 @@ class Suite:
         values["claims"] = tuple((c, tuple(tuple(r) for r in roles)) for c, roles in values["claims"])
         values["systems"] = tuple(
             SystemEntry(s["system"], s["variant"], s["preset"], tuple(tuple(o) for o in s["overrides"]),
-                        Budget(**s["budget"]) if s["budget"] else None)
+                        Budget.from_dict(s["budget"]) if s["budget"] else None)
             for s in values["systems"]
         )
         return cls(**values)
@@ -273,6 +302,7 @@ class _Checker:
 
     def __init__(self, path: Path, lines: dict[tuple, int]):
         self.path, self.lines, self.problems = path, lines, []
+        self.validated: tuple[int, tuple[str, ...]] = (Suite.val_every, ())  # validation every, metrics
 
     def add(self, where: tuple, message: str) -> None:
         probe = where
@@ -324,14 +354,40 @@ class _Checker:
         return tuple(value)
 
     def budget(self, value: Any, where: tuple) -> Budget | None:
-        data = self.mapping(value, where, ("steps", "minutes"))
+        data = self.mapping(value, where, ("steps", "minutes", "until", "consecutive"))
         steps = self.number(data.get("steps"), where + ("steps",), int, 1, optional=True)
         minutes = self.number(data.get("minutes"), where + ("minutes",), float, 0.01, optional=True)
+        until = self.target(data.get("until"), where + ("until",))
+        consecutive = self.number(data.get("consecutive", 1), where + ("consecutive",), int, 1)
         if steps is None and minutes is None:
             if "steps" not in data and "minutes" not in data:
-                self.add(where, "a budget needs steps, minutes or both")
+                self.add(where, "a budget needs steps, minutes or both (with `until`, they are the cap)")
             return None
-        return Budget(steps, minutes)
+        return Budget(steps, minutes, until, consecutive or 1)
+
+    def target(self, value: Any, where: tuple) -> tuple[tuple[str, float], ...]:
+        """`until`: validation measure -> threshold, each measure one whose direction is known."""
+        if value is None:
+            return ()
+        data = self.mapping(value, where, tuple(value) if isinstance(value, dict) else ())
+        if isinstance(value, dict) and not value:
+            self.add(where, "expected at least one measure, e.g. {wer: 0.2}")
+        every, scored = self.validated
+        if data and not every:
+            self.add(where, "a quality target needs validation (validation.every > 0)")
+        target = []
+        for metric, threshold in data.items():
+            if metric not in VALIDATION_MEASURES and metric not in METRICS:
+                self.add(where + (metric,), f"not a validation measure (known: {', '.join(VALIDATION_MEASURES)}, "
+                                            f"or a quality metric named in validation.metrics)")
+                continue
+            if metric in METRICS and metric not in scored:
+                self.add(where + (metric,), f"{metric} is not scored during training: add it to validation.metrics")
+                continue
+            number = self.number(threshold, where + (metric,), float, -math.inf)
+            if number is not None:
+                target.append((str(metric), number))
+        return tuple(target)
 
 
 TOP_KEYS = ("name", "description", "corpus", "seeds", "device", "threads", "budget", "log_every", "checkpoint_every",
@@ -347,8 +403,9 @@ def load_suite(path: str | Path) -> Suite:
         check.add(where, "key repeats in this mapping (YAML keeps only the last; remove one)")
     data = check.mapping(raw, (), TOP_KEYS)
     values: dict[str, Any] = {"name": str(data.get("name", path.stem)), "path": str(path)}
+    values.update(_validation(check, data.get("validation")))  # first: a budget's `until` reads it
+    check.validated = (values.get("val_every", Suite.val_every), values.get("val_metrics") or ())
     values.update(_run_settings(check, data))
-    values.update(_validation(check, data.get("validation")))
     values["evaluation"] = _evaluation(check, data.get("evaluation"))
     values["thresholds"] = _thresholds(check, data.get("thresholds"))
     values["executor"] = _executor(check, data.get("executor"))

@@ -38,6 +38,7 @@ from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, Use
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
+from ttsbench.metrics.convergence import higher_is_better
 from ttsbench.metrics.quality import mel_l1_dtw, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.models import load_weights, read_checkpoint
@@ -78,6 +79,10 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     max_seconds: float | None = None  # a wall-time budget in training seconds; whichever ends first
     val_metrics: tuple[str, ...] = ()  # quality measures (metrics.quality.METRICS) on vocoded validation audio
+    # A quality target: stop at the validation where every (measure, threshold) has been met
+    # `until_consecutive` times in a row; steps and max_seconds then only cap a run that never does.
+    until: tuple[tuple[str, float], ...] = ()
+    until_consecutive: int = 1
     divergence_factor: float = 1e6  # a loss or gradient norm this many times its early level has diverged
     divergence_ceiling: float = 1e9  # ... and so has one above this, whatever its early level
 
@@ -89,6 +94,8 @@ class TrainOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.until and not self.val_every:
+            raise ValueError("a quality target (until) needs validation: set val_every")
 
 
 @dataclass
@@ -100,6 +107,7 @@ class TrainResult:
     out_dir: Path
     last_losses: dict[str, float]
     message: str = ""  # a diverged run: at which step, why, and whether a checkpoint is kept
+    reached_target: bool | None = None  # with a quality target (TrainOptions.until): met before the cap?
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -417,6 +425,33 @@ class EpochPlan:
         return indices
 
 
+@dataclass(frozen=True)
+class QualityTarget:
+    """Stop once validation meets every threshold `consecutive` times in a row.
+
+    Direction comes from each measure (WER falls, diagonal score rises); a measure missing
+    from a validation row, or NaN there, has not met its threshold.
+    """
+
+    thresholds: tuple[tuple[str, float], ...]
+    consecutive: int = 1
+
+    def met(self, row: Mapping[str, Any]) -> bool:
+        for metric, threshold in self.thresholds:
+            value = row.get(metric)
+            if value is None or not math.isfinite(value):
+                return False
+            if not (value >= threshold if higher_is_better(metric) else value <= threshold):
+                return False
+        return True
+
+    def reached(self, rows: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the last `consecutive` validation rows all met the target."""
+        if not self.thresholds or len(rows) < self.consecutive:
+            return False
+        return all(self.met(row) for row in rows[-self.consecutive:])
+
+
 class DivergenceGuard:
     """Stops a run whose loss or gradient norm explodes, not only one that turns NaN or inf.
 
@@ -453,6 +488,7 @@ class Trainer:
         self.device = resolve_device(options.device)
         self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
         self.saved_step: int | None = None  # the step of checkpoint.pt, once one is loaded or written
+        self.reached_target: bool | None = None  # set by the loop when the run has a quality target
         # fp16 needs its loss scaled so small gradients survive (one scaler per optimizer); bf16 and fp32 do not
         self.scalers = ({network: torch.amp.GradScaler(self.device.type) for network in model.networks}
                         if model.config.amp == "fp16" else {})
@@ -534,7 +570,10 @@ class Trainer:
                          state: TrainState) -> dict[str, float]:
         """One optimizer step per network, timed; loss parts prefixed by network when several."""
         losses: dict[str, float] = {}
+        budgets = self.model.network_steps()
         for network, optimizer in optimizers.items():
+            if step >= budgets.get(network, step + 1):
+                continue  # this network's own budget is spent; its totals stay in the log
             started = time.perf_counter()
             parts = optimizer_update(self.model, network, optimizer, batch, step, self.scalers.get(network))
             if self.device.type == "cuda":
@@ -550,9 +589,9 @@ class Trainer:
                 continue
             state.network_seconds[network] = state.network_seconds.get(network, 0.0) + elapsed
             losses.update({f"{network}/{k}": v for k, v in parts.items()})
-            losses[f"seconds/{network}"] = round(state.network_seconds[network], 4)
         if len(optimizers) > 1:
-            losses["loss"] = sum(losses[f"{n}/loss"] for n in optimizers)
+            losses.update({f"seconds/{n}": round(s, 4) for n, s in state.network_seconds.items()})
+            losses["loss"] = sum(v for k, v in losses.items() if k.endswith("/loss"))
         return losses
 
     @staticmethod
@@ -586,8 +625,11 @@ class Trainer:
         except TrainingDiverged as err:
             self._record_divergence(err, state)
             raise
-        self._write_result("finished", state, {})
-        return TrainResult("finished", state.step, state.seconds, state.samples, self.out, last_losses)
+        target = {} if self.reached_target is None else {"target": {
+            "until": dict(options.until), "consecutive": options.until_consecutive, "reached": self.reached_target}}
+        self._write_result("finished", state, target)
+        return TrainResult("finished", state.step, state.seconds, state.samples, self.out, last_losses,
+                           reached_target=self.reached_target)
 
     def _loop(self, optimizers: Mapping[str, torch.optim.Optimizer], schedules: Mapping[str, Schedule],
               train_set: LazyBatches, state: TrainState, validation: tuple) -> dict[str, float]:
@@ -600,10 +642,13 @@ class Trainer:
         bar = tqdm(total=options.steps, initial=state.step, desc=self.model.name, unit="step",
                    disable=not options.progress)  # a pure wall-time budget has no known step count
         prefetch = Prefetcher(train_set)
+        target = QualityTarget(options.until, options.until_consecutive)
+        val_rows = read_jsonl(self.folder.val)  # a resumed run counts the validations it already has
         self.model.train()
         try:
             with self.folder.log.open("a", encoding="utf-8") as log:
                 spent = options.max_seconds is not None and state.seconds >= options.max_seconds
+                spent = spent or target.reached(val_rows)
                 for step in range(state.step, state.step if spent else last_step):
                     values = {k: _to_float(s(step)) for k, s in schedules.items()}
                     self._apply_values(optimizers, values)
@@ -615,7 +660,10 @@ class Trainer:
                     state.samples += len(batch)
                     state.step = step + 1
                     out_of_time = options.max_seconds is not None and state.seconds >= options.max_seconds
-                    done = step + 1 == last_step or out_of_time
+                    capped = step + 1 == last_step or out_of_time
+                    if options.val_every and ((step + 1) % options.val_every == 0 or capped) and validation[0]:
+                        val_rows.append(self._validate(*validation, state))
+                    done = capped or target.reached(val_rows)
                     changed = any(previous.get(k) != v for k, v in values.items() if k != "lr")
                     if changed or step % options.log_every == 0 or done:
                         log.write(self._log_row(step, state, losses, values))
@@ -623,15 +671,14 @@ class Trainer:
                     previous = values
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k != "lr"})
-                    if options.val_every and ((step + 1) % options.val_every == 0 or done) and validation[0]:
-                        self._validate(*validation, state)
                     if (step + 1) % options.checkpoint_every == 0 or done:
                         self._save_checkpoint(optimizers, state)
-                    if out_of_time:
+                    if done:
                         break
         finally:
             prefetch.close()
             bar.close()
+        self.reached_target = target.reached(val_rows) if target.thresholds else None
         return losses
 
     def _record_divergence(self, err: TrainingDiverged, state: TrainState) -> None:
@@ -645,7 +692,8 @@ class Trainer:
                                                "checkpoint_step": saved})
 
     def _validate(self, examples: Sequence[Example], recordings: Sequence[Path], pads: Mapping[str, float],
-                  state: TrainState) -> None:
+                  state: TrainState) -> dict[str, Any]:
+        """Validate now, append the row to val.jsonl and return it."""
         # infer and alignment switch to eval mode without autograd and back (TTSModel.evaluating)
         metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics)
         change = duration_change(self.folder, state.step, maps)
@@ -654,9 +702,11 @@ class Trainer:
         if maps:
             self.folder.alignments.mkdir(exist_ok=True)
             np.savez_compressed(self.folder.alignment_path(state.step), **maps)
-        row = {"step": state.step, "seconds": round(state.seconds, 4), "samples": state.samples, **metrics}
+        row = {"step": state.step, "seconds": round(state.seconds, 4), "samples": state.samples,
+               **{f"seconds/{n}": round(s, 4) for n, s in state.network_seconds.items()}, **metrics}
         with self.folder.val.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+        return row
 
     def _write_result(self, status: str, state: TrainState, extra: dict[str, Any]) -> None:
         result = {

@@ -130,13 +130,18 @@ def feature_requests(configs: Iterable[tuple[str, ModelConfig]]) -> Requests:
 def override_problems(name: str, preset: str, overrides: Mapping[str, Any]) -> dict[str, str]:
     """key -> what is wrong with that override, for suite validation (all keys at once)."""
     base = get(name).Config.preset(preset)
-    problems = {}
-    for key, value in overrides.items():
-        try:
-            base.with_overrides([f"{key}={json.dumps(value)}"])
-        except (ValueError, TypeError) as err:
-            problems[key] = f"invalid override: {err}"
-    return problems
+    assignments = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    try:  # together first: fields that must agree (audio.win_length <= audio.n_fft) change together
+        base.with_overrides(assignments)
+        return {}
+    except (ValueError, TypeError) as joint:
+        problems = {}
+        for key, assignment in zip(overrides, assignments):
+            try:
+                base.with_overrides([assignment])
+            except (ValueError, TypeError) as err:
+                problems[key] = f"invalid override: {err}"
+        return problems or {list(overrides)[-1]: f"invalid override: {joint}"}
 
 
 def build(name: str, config: ModelConfig | None = None, preset: str = "tiny", seed: int | None = None) -> TTSModel:

@@ -306,6 +306,12 @@ class TTSModel(nn.Module, ABC):
         """The parameters one network's optimizer updates (all of them for a single network)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def network_steps(self) -> dict[str, int]:
+        """Step budgets of networks that train for fewer steps than the run: a network listed
+        here is updated only at steps below its budget (DC-TTS's SSRN, which learns a fixed
+        mel -> linear mapping from recordings and needs far fewer updates than Text2Mel)."""
+        return {}
+
     def after_optimizer_step(self, step: int) -> None:
         """Hook after each update (e.g. re-apply sparsity masks)."""
 

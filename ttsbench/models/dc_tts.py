@@ -97,6 +97,11 @@ class DCTTSConfig(ModelConfig):
     # non-causal with a short receptive field, so windows teach the same local mapping; tiny uses them because SSRN's three
     # F′ x F′ (1025 x 1025) layers at the full frame rate dominate a CPU step.
     ssrn_train_window: int | None = None
+    # The two networks are trained independently (paper section 4; K trains them in two runs):
+    # SSRN for this many steps, Text2Mel for the whole run; None trains SSRN for the whole run
+    # too. SSRN maps recorded mels to linear spectra, a fixed mapping that converges in far
+    # fewer steps than Text2Mel's alignment, and its F′ x F′ layers dominate a joint step.
+    ssrn_steps: int | None = None
 
     @classmethod
     def full(cls) -> "DCTTSConfig":
@@ -456,6 +461,9 @@ class DCTTS(TTSModel):
 
     def network_parameters(self, network: str) -> list[nn.Parameter]:
         return list(self._network(network).parameters())
+
+    def network_steps(self) -> dict[str, int]:
+        return {} if self.config.ssrn_steps is None else {"ssrn": self.config.ssrn_steps}
 
     def _network(self, network: str) -> nn.Module:
         if network not in self.networks:
