@@ -2,7 +2,7 @@
 forcibly incremental attention, inference guards and teacher-forced alignment.
 
 Batches come from the shortest clips of the real embedded corpus with DC-TTS's own front end
-(n_fft 2048, hop 276, [0, 1] dB), so the whole file runs on one CPU thread in well under a minute.
+(tiny: n_fft 1024, hop 276, [0, 1] dB), so the whole file runs on one CPU thread in well under a minute.
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ def test_registered_with_its_fixed_name_and_description() -> None:
 
 def test_presets_front_end_sizes_and_recipe() -> None:
     full, tiny = DCTTSConfig.full(), DCTTSConfig.tiny()
+    assert (full.audio.n_fft, full.audio.hop_length, full.audio.win_length, full.audio.n_freq) == (2048, 276, 1102, 1025)
+    assert (tiny.audio.n_fft, tiny.audio.hop_length, tiny.audio.win_length, tiny.audio.n_freq) == (1024, 276, 1024, 513)
+    assert (full.mean_output_init, tiny.mean_output_init) == (False, True)
     for config in (full, tiny):
         audio = config.audio
-        assert (audio.n_fft, audio.hop_length, audio.win_length, audio.n_freq) == (2048, 276, 1102, 1025)
         assert (audio.scaling, audio.preemphasis, audio.fmax, audio.griffin_lim_power) == ("db01", 0.97, None, 1.5)
         assert (audio.ref_db, audio.max_db) == (20.0, 100.0)
         assert (config.grad_clip_value, config.grad_clip_norm, config.guided_attention_g) == (1.0, None, 0.2)
@@ -153,7 +155,7 @@ def test_ssrn_output_has_four_times_the_frames(short_examples: list[Example]) ->
     with torch.no_grad():
         for frames in (1, 7, 20):
             out = model.ssrn(torch.rand(2, 80, frames))
-            assert out.shape == (2, 1025, 4 * frames)
+            assert out.shape == (2, model.config.audio.n_freq, 4 * frames)
 
 
 def test_padded_batches_compute_what_each_utterance_alone_would(short_examples: list[Example]) -> None:
@@ -241,11 +243,11 @@ def test_ssrn_windows_keep_mel_and_linear_frames_together() -> None:
     model = tiny_model()
     frames = torch.arange(40.0)
     mel = frames[::4].expand(2, 80, -1)
-    linear = frames.expand(2, 1025, -1)
+    linear = frames.expand(2, 513, -1)
     mel_w, linear_w, reduced_lengths, frame_lengths = model._random_windows(
         mel, linear, torch.tensor([10, 3]), torch.tensor([40, 11]), window=4
     )
-    assert mel_w.shape == (2, 80, 4) and linear_w.shape == (2, 1025, 16)
+    assert mel_w.shape == (2, 80, 4) and linear_w.shape == (2, 513, 16)
     torch.testing.assert_close(linear_w[:, 0, ::4], mel_w[:, 0, :])
     assert mel_w[1, 0, 0] == 0 and reduced_lengths[1] == 3 and frame_lengths[1] == 11  # shorter than a window
     assert reduced_lengths[0] == 4 and frame_lengths[0] == 16
@@ -309,7 +311,7 @@ def test_infer_outputs_and_the_max_frames_guard(short_examples: list[Example]) -
     # The reported mel is full rate: the one SSRN's linear output implies.
     assert synthesis.mel.shape == (20, 80) and synthesis.mel.dtype == np.float32
     np.testing.assert_allclose(synthesis.mel, linear_to_mel(synthesis.linear, model.config.audio), atol=1e-6)
-    assert synthesis.linear.shape == (4 * 5, 1025)
+    assert synthesis.linear.shape == (4 * 5, 513)
     assert synthesis.alignment.shape == (len(text), 5)
     assert synthesis.frames_per_step == 4
     assert synthesis.audio_config == synthesis.linear_audio_config == model.config.audio
@@ -354,3 +356,20 @@ def test_ssrn_trains_only_for_its_own_step_budget(tmp_path, embedded_corpus: Cor
     assert all("text2mel/loss" in row for row in rows)
     assert rows[3]["seconds/ssrn"] == rows[1]["seconds/ssrn"] > 0  # SSRN's time stops with its updates
     assert rows[3]["seconds/text2mel"] > rows[1]["seconds/text2mel"]
+
+
+def test_mean_output_init_sets_each_output_bias_to_its_targets_mean(short_examples: list[Example]) -> None:
+    """The bias of each network's last conv becomes the logit of the first batch's mean target
+    per bin over real frames (padding excluded), and only when the config asks for it."""
+    model = tiny_model()  # tiny sets mean_output_init
+    batch = make_batch(model, short_examples)
+    untouched = tiny_model(mean_output_init=False)
+    untouched.on_train_start([batch])
+    assert torch.equal(untouched.ssrn.layers[-1].conv.bias, torch.zeros(model.config.audio.n_freq))
+    model.on_train_start([batch])
+    linear = torch.cat([torch.tensor(np.array(e.features["linear"])) for e in short_examples])  # real frames only
+    expected = torch.logit(linear.mean(dim=0).clamp(1e-3, 1 - 1e-3))
+    torch.testing.assert_close(model.ssrn.layers[-1].conv.bias, expected, rtol=1e-4, atol=1e-4)
+    reduced = torch.cat([torch.tensor(np.array(e.features["mel"][::4])) for e in short_examples])
+    expected_mel = torch.logit(reduced.mean(dim=0).clamp(1e-3, 1 - 1e-3))
+    torch.testing.assert_close(model.text2mel.audio_decoder[-1].conv.bias, expected_mel, rtol=1e-4, atol=1e-4)

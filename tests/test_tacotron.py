@@ -50,7 +50,7 @@ def test_presets_sizes_and_recipe() -> None:
     full = ttsbench.models.build("tacotron-gradual", preset="full")
     tiny = ttsbench.models.build("tacotron-gradual", preset="tiny")
     assert 6_000_000 < full.num_parameters() < 8_000_000  # Coqui's Tacotron is ~7M
-    assert tiny.num_parameters() < 500_000
+    assert tiny.num_parameters() < 1_500_000
     assert full.decoder.proj_to_mel.out_features == 80 * 7
     assert full.last_linear.out_features == 513 and tiny.last_linear.out_features == 513
     for config in (TacotronConfig.full(), TacotronConfig.tiny()):
@@ -68,8 +68,8 @@ def test_config_round_trips_through_a_dict() -> None:
 def test_schedule_changes_at_the_exact_boundary_steps() -> None:
     schedules = tiny_model().schedules()
     r, batch_size = schedules["r"], schedules["batch_size"]
-    assert [r(s) for s in (0, 99, 100, 199, 200, 299, 300, 10_000)] == [6, 6, 4, 4, 3, 3, 2, 2]
-    assert [batch_size(s) for s in (0, 299, 300)] == [8, 8, 4]
+    assert [r(s) for s in (0, 1499, 1500, 2999, 3000, 5999, 6000, 10_000)] == [7, 7, 5, 5, 3, 3, 2, 2]
+    assert [batch_size(s) for s in (0, 5999, 6000)] == [8, 8, 8]
     full = ttsbench.models.build("tacotron-gradual", preset="full").schedules()
     assert [full["r"](s) for s in (9_999, 10_000, 49_999, 50_000, 129_999, 130_000, 290_000)] == [7, 5, 5, 3, 3, 2, 1]
     assert [full["batch_size"](s) for s in (129_999, 130_000, 289_999, 290_000)] == [32, 16, 16, 8]
@@ -80,7 +80,7 @@ def test_apply_schedules_sets_r_and_rejects_r_above_r_init() -> None:
     model.apply_schedules({"r": 3.0, "batch_size": 8.0})
     assert model.r == 3 and model.frame_multiple() == 3
     with pytest.raises(ValueError, match="r must lie"):
-        model.set_r(7)
+        model.set_r(8)
 
 
 def test_every_parameter_changes_after_one_optimizer_step(short_examples: list[Example]) -> None:
