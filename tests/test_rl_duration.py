@@ -101,6 +101,7 @@ def test_registered_with_presets_and_variants() -> None:
 
     tiny = RLDurationConfig.tiny()
     assert (tiny.embedding_dim, tiny.encoder_units, tiny.max_duration, tiny.batch_size) == (64, 32, 12, 8)
+    assert (tiny.decoder_units, tiny.learning_rate) == (64, 3e-3)
     assert tiny.remedies == VARIANT_REMEDIES["remedied"]
     assert RLDurationConfig.from_dict(tiny.to_dict()) == tiny
 
@@ -322,6 +323,43 @@ def test_each_remedy_switch_changes_behaviour(batch: Batch) -> None:
 
     unmasked = losses_for(batch, categories, "masked_reconstruction=false")
     assert unmasked["reconstruction_loss"] != pytest.approx(base["reconstruction_loss"], abs=1e-4)
+
+    first_sample = losses_for(batch, categories, "decoder_target=first")
+    assert first_sample["reconstruction_loss"] != pytest.approx(base["reconstruction_loss"], abs=1e-4)
+    assert first_sample["pg_loss"] == pytest.approx(base["pg_loss"], rel=1e-4, abs=1e-6)  # same rewards
+
+
+def test_decoder_learns_from_the_highest_reward_sample_or_the_greedy_durations(batch: Batch) -> None:
+    """decoder_target=best: the reconstruction loss is that of the sample with the highest
+    utterance reward, i.e. what decoder_target=first gives once that sample is put first;
+    decoder_target=greedy: that of the policy's argmax durations."""
+    samples = 4
+    categories = fixed_categories(batch, samples)
+    model = build()
+    assert model.remedies.decoder_target == "best"
+    with torch.no_grad():
+        states, logits = model.policy_logits(batch.text_ids, batch.text_lengths)
+        rollout = model.rollout(batch, states, categories)
+        scores = model.score(
+            rollout.mel,
+            rollout.durations.flatten(0, 1),
+            batch.mel.repeat_interleave(samples, dim=0),
+            batch.frame_lengths.repeat_interleave(samples),
+        )
+    best = scores.utterance.view(len(batch), samples).argmax(1)
+    assert torch.any(best != 0)  # otherwise "best" and "first" would coincide here
+    rows = torch.arange(len(batch))
+    best_first = categories.clone()
+    best_first[rows, 0], best_first[rows, best] = categories[rows, best], categories[rows, 0]
+
+    chosen = losses_for(batch, categories)["reconstruction_loss"]
+    assert chosen == pytest.approx(losses_for(batch, best_first, "decoder_target=first")["reconstruction_loss"], rel=1e-5)
+    assert chosen != pytest.approx(losses_for(batch, categories, "decoder_target=first")["reconstruction_loss"], rel=1e-3)
+
+    greedy_first = categories.clone()
+    greedy_first[:, 0] = logits.argmax(-1)
+    greedy = losses_for(batch, categories, "decoder_target=greedy")["reconstruction_loss"]
+    assert greedy == pytest.approx(losses_for(batch, greedy_first, "decoder_target=first")["reconstruction_loss"], rel=1e-5)
 
 
 def test_leave_one_out_compares_samples_of_the_same_text(batch: Batch) -> None:

@@ -40,6 +40,7 @@ Credit = Literal["utterance", "token"]
 Baseline = Literal["batch", "leave_one_out", "self_critical"]
 Reduction = Literal["sum", "mean"]
 WarmStart = Literal["none", "length_prior"]
+DecoderTarget = Literal["first", "best", "greedy"]
 STD_EPS = float(np.finfo(np.float32).eps)  # the reference's guard when standardising rewards
 
 
@@ -69,6 +70,13 @@ class Remedies:
     warm_start:         "length_prior": before the first step the policy is set to the same
                         distribution for every token, centred on the training data's frames per
                         character (T/L of the first batch; no alignment, no teacher) (remedy f).
+    decoder_target:     which durations the reconstruction loss decodes. "first": the first
+                        on-policy sample (published). "best": of the `samples_per_utterance`
+                        samples, the one whose reward is highest (hard-EM / best-of-n self
+                        training): the decoder then learns from the most plausible alignment the
+                        policy has found instead of averaging over misaligned ones (defect 6),
+                        so its output grows token-specific and the reward informative. "greedy":
+                        the policy's argmax durations (remedy g).
     """
 
     credit: Credit
@@ -80,6 +88,7 @@ class Remedies:
     penalise_unmatched: bool
     masked_reconstruction: bool
     warm_start: WarmStart
+    decoder_target: DecoderTarget
 
 
 VARIANT_REMEDIES: dict[str, Remedies] = {
@@ -93,6 +102,7 @@ VARIANT_REMEDIES: dict[str, Remedies] = {
         penalise_unmatched=False,
         masked_reconstruction=False,
         warm_start="none",
+        decoder_target="first",
     ),
     "remedied": Remedies(
         credit="token",
@@ -104,6 +114,7 @@ VARIANT_REMEDIES: dict[str, Remedies] = {
         penalise_unmatched=True,
         masked_reconstruction=True,
         warm_start="length_prior",
+        decoder_target="best",
     ),
 }
 
@@ -131,6 +142,7 @@ class RLDurationConfig(ModelConfig):
     penalise_unmatched: bool | None = None
     masked_reconstruction: bool | None = None
     warm_start: WarmStart | None = None
+    decoder_target: DecoderTarget | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANT_REMEDIES:
@@ -143,6 +155,7 @@ class RLDurationConfig(ModelConfig):
             "baseline": ("batch", "leave_one_out", "self_critical"),
             "reduction": ("sum", "mean"),
             "warm_start": ("none", "length_prior"),
+            "decoder_target": ("first", "best", "greedy"),
         }
         for name, allowed in choices.items():
             if getattr(remedies, name) not in allowed:
@@ -185,10 +198,10 @@ class RLDurationConfig(ModelConfig):
             hidden_dim=64,
             policy_units=64,
             max_duration=12,
-            decoder_units=32,
+            decoder_units=64,
             batch_size=8,
             optimizer="adam",
-            learning_rate=1e-3,
+            learning_rate=3e-3,
             weight_decay=1e-6,
             grad_clip_norm=1.0,
             variant="remedied",
@@ -282,7 +295,7 @@ class Rollout:
     categories: torch.Tensor  # [B, S, L] sampled category; the duration is category + 1
     durations: torch.Tensor  # [B, S, L] frames per token, 0 on padding tokens
     mel: torch.Tensor  # [B*S, T_max, n_mels] detached, cropped to the batch's frames, 0 past sum(d)
-    learner_mel: torch.Tensor  # [B, T_max, n_mels] sample 0 with its graph: the reconstruction loss
+    learner_mel: torch.Tensor | None  # [B, T_max, n_mels] sample 0 with its graph (decoder target "first")
 
 
 @dataclass
@@ -357,12 +370,18 @@ class RLDuration(TTSModel):
     def rollout(self, batch: Batch, states: torch.Tensor, categories: torch.Tensor) -> Rollout:
         """Durations = category + 1 on real tokens, 0 on padding, decoded at the batch's length.
 
-        Only sample 0 of each utterance is decoded with gradients and trains the decoder (the
-        published single rollout); further samples are decoded without, for the baseline
-        alone: on CPU a BiGRU's backward pass costs ~7x its forward.
+        With decoder target "first", sample 0 of each utterance is decoded with gradients and
+        trains the decoder (the published single rollout); further samples are decoded without,
+        for the baseline alone: on CPU a BiGRU's backward pass costs ~7x its forward. With any
+        other target every sample is decoded without gradients (`learner_mel` is None) and
+        `losses` decodes the chosen durations once more with them.
         """
         samples, num_frames = categories.shape[1], batch.mel.shape[1]
         durations = (categories + 1) * batch.text_mask.unsqueeze(1)  # [B, S, L]
+        if self.remedies.decoder_target != "first":
+            with torch.no_grad():
+                mel = self.decode(states.detach().repeat_interleave(samples, dim=0), durations.flatten(0, 1), num_frames)
+            return Rollout(categories, durations, mel, None)
         learner_mel = self.decode(states, durations[:, 0], num_frames)
         mels = [learner_mel.detach().unsqueeze(1)]
         if samples > 1:
@@ -372,6 +391,21 @@ class RLDuration(TTSModel):
                 )
             mels.append(others.view(len(batch), samples - 1, *others.shape[1:]))
         return Rollout(categories, durations, torch.cat(mels, dim=1).flatten(0, 1), learner_mel)
+
+    def learner_rollout(
+        self, batch: Batch, states: torch.Tensor, logits: torch.Tensor, rollout: Rollout, scores: Scores
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mel that trains the decoder (with its graph) and the durations it was decoded from."""
+        target = self.remedies.decoder_target
+        if target == "first":
+            assert rollout.learner_mel is not None
+            return rollout.learner_mel, rollout.durations[:, 0]
+        if target == "best":
+            best = scores.utterance.view(len(batch), -1).argmax(1)
+            durations = rollout.durations[torch.arange(len(batch), device=best.device), best]
+        else:
+            durations = (logits.detach().argmax(-1) + 1) * batch.text_mask
+        return self.decode(states, durations, batch.mel.shape[1]), durations
 
     @staticmethod
     @torch.no_grad()
@@ -395,15 +429,14 @@ class RLDuration(TTSModel):
         samples = categories.shape[1]
         rollout = self.rollout(batch, states, categories)
 
-        reconstruction_loss = self.reconstruction_loss(
-            rollout.learner_mel, rollout.durations[:, 0].sum(1), batch.mel, batch.frame_lengths
-        )
         target = batch.mel.repeat_interleave(samples, dim=0)
         target_lengths = batch.frame_lengths.repeat_interleave(samples)
 
         with torch.no_grad():
             scores = self.score(rollout.mel, rollout.durations.flatten(0, 1), target, target_lengths)
             advantages, weights = self.advantages(batch, states, logits, scores, samples)
+        learner_mel, learner_durations = self.learner_rollout(batch, states, logits, rollout, scores)
+        reconstruction_loss = self.reconstruction_loss(learner_mel, learner_durations.sum(1), batch.mel, batch.frame_lengths)
 
         # Defect 1 fixed: the reference took log pi of a second, fresh sample that was never
         # decoded, so the reward multiplied the score function of an unrelated sample: zero
