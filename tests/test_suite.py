@@ -140,12 +140,12 @@ def test_a_quality_target_in_the_budget_is_parsed_checked_and_hashed(tmp_path):
 
 
 def test_overrides_that_must_agree_are_checked_together(tmp_path):
-    # alone, n_fft 1024 is below DC-TTS's win_length 1102; with win_length 1024 beside it, it is valid
-    agreed = "systems:\n  - {system: dc-tts, set: {audio.win_length: 1024, audio.n_fft: 1024}}\n"
+    # alone, n_fft 512 is below DC-TTS's tiny win_length 1024; with win_length 512 beside it, it is valid
+    agreed = "systems:\n  - {system: dc-tts, set: {audio.win_length: 512, audio.n_fft: 512}}\n"
     [entry] = load_suite(write(tmp_path, agreed)).systems
-    assert dict(entry.overrides) == {"audio.win_length": 1024, "audio.n_fft": 1024}
-    with pytest.raises(SuiteError, match=r"systems\[0\].set.audio.n_fft: invalid override: .*win_length 1102 > n_fft 1024"):
-        load_suite(write(tmp_path, "systems:\n  - {system: dc-tts, set: {audio.n_fft: 1024}}\n"))
+    assert dict(entry.overrides) == {"audio.win_length": 512, "audio.n_fft": 512}
+    with pytest.raises(SuiteError, match=r"systems\[0\].set.audio.n_fft: invalid override: .*win_length 1024 > n_fft 512"):
+        load_suite(write(tmp_path, "systems:\n  - {system: dc-tts, set: {audio.n_fft: 512}}\n"))
 
 
 def store_with_run(tmp_path: Path) -> RunStore:
