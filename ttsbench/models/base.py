@@ -308,8 +308,8 @@ class TTSModel(nn.Module, ABC):
 
     def network_steps(self) -> dict[str, int]:
         """Step budgets of networks that train for fewer steps than the run: a network listed
-        here is updated only at steps below its budget (DC-TTS's SSRN, which learns a fixed
-        mel -> linear mapping from recordings and needs far fewer updates than Text2Mel)."""
+        here is updated only at steps below its budget. For systems whose networks are trained
+        independently, each on its own budget (DC-TTS's Text2Mel and SSRN)."""
         return {}
 
     def after_optimizer_step(self, step: int) -> None:
