@@ -647,8 +647,8 @@ class Trainer:
         self.model.train()
         try:
             with self.folder.log.open("a", encoding="utf-8") as log:
-                spent = options.max_seconds is not None and state.seconds >= options.max_seconds
-                spent = spent or target.reached(val_rows)
+                reached = target.reached(val_rows)  # changes only when a validation adds a row
+                spent = reached or (options.max_seconds is not None and state.seconds >= options.max_seconds)
                 for step in range(state.step, state.step if spent else last_step):
                     values = {k: _to_float(s(step)) for k, s in schedules.items()}
                     self._apply_values(optimizers, values)
@@ -663,7 +663,8 @@ class Trainer:
                     capped = step + 1 == last_step or out_of_time
                     if options.val_every and ((step + 1) % options.val_every == 0 or capped) and validation[0]:
                         val_rows.append(self._validate(*validation, state))
-                    done = capped or target.reached(val_rows)
+                        reached = target.reached(val_rows)
+                    done = capped or reached
                     changed = any(previous.get(k) != v for k, v in values.items() if k != "lr")
                     if changed or step % options.log_every == 0 or done:
                         log.write(self._log_row(step, state, losses, values))
@@ -678,7 +679,7 @@ class Trainer:
         finally:
             prefetch.close()
             bar.close()
-        self.reached_target = target.reached(val_rows) if target.thresholds else None
+        self.reached_target = reached if target.thresholds else None
         return losses
 
     def _record_divergence(self, err: TrainingDiverged, state: TrainState) -> None:
