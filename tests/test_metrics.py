@@ -83,14 +83,6 @@ def test_time_alignment_is_exact_on_identity_and_undoes_retiming(clip):
     assert aligned["pesq"] > 2.5
 
 
-def test_vocoder_ceiling_sits_between_the_clip_and_noise(clip):
-    audio, rate, _ = clip
-    ceiling = quality.vocoder_ceiling(audio, rate, metrics=["mcd", "pesq"])
-    noisy = quality.score(audio, with_noise(audio, 0), rate, metrics=["mcd", "pesq"]).values
-    assert 0 < ceiling["mcd"] < noisy["mcd"]
-    assert 4.4 > ceiling["pesq"] > noisy["pesq"]
-
-
 def test_wer_of_the_recording_is_far_below_wer_against_a_wrong_text(clip):
     audio, rate, text = clip
     right = quality.score(None, audio, rate, text, metrics=["wer", "cer"]).values

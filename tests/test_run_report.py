@@ -59,8 +59,11 @@ def test_smoke_suite_runs_every_system(smoke_run):
         assert set(mine["step"].dropna()) >= {2.0, 4.0}  # validation points at the suite's interval
         assert {"val/mel_l1_dtw", "eval/mcd", "rtf/total", "train/steps_per_second", "parameters"} <= set(mine["metric"])
         assert mine.loc[mine["metric"] == "train/steps", "value"].iloc[0] == 4
-    ceiling = results[(results["variant"] == "vocoder-ceiling") & (results["metric"] == "eval/pesq")]["value"]
-    assert 2.5 < ceiling.iloc[0] < 4.6  # Griffin-Lim of a real recording: degraded, not destroyed
+        assert set(mine["vocoder"]) == {"griffin-lim" if system == "dc-tts" else "hifigan-universal"}, system
+    for vocoder in ("griffin-lim", "hifigan-universal"):  # one ceiling per vocoder the systems are heard through
+        ceiling = results[(results["variant"] == f"ceiling: {vocoder}") & (results["metric"] == "eval/pesq")]
+        assert set(ceiling["vocoder"]) == {vocoder}
+        assert 2.5 < ceiling["value"].iloc[0] < 4.6  # a real recording's copy: degraded, not destroyed
 
 
 def test_rerun_skips_finished_jobs(smoke_run):
@@ -113,7 +116,7 @@ def test_report_has_every_section_and_system(smoke_report):
         assert f'<section id="{section}">' in html
     for system in models.names():
         assert f'<td class="name">{system}</td>' in html
-    assert html.count("data:audio/wav;base64,") == 2 + len(models.names())  # recording, vocoder, each system
+    assert html.count("data:audio/wav;base64,") == 3 + len(models.names())  # recording, 2 ceilings, each system
     assert "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained
     table = pd.read_csv(smoke_report.parent / "results.csv")

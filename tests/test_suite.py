@@ -114,6 +114,21 @@ def test_config_hash_follows_what_shapes_the_numbers(tmp_path):
         load_suite(write(tmp_path, "validation: {metrics: [mcd, mdc]}\n" + base % ""))
 
 
+def test_the_vocoder_is_chosen_checked_hashed_and_gives_the_ceilings(tmp_path):
+    systems = "budget: {steps: 10}\nsystems:\n  - {system: glow-tts}\n"
+    default = load_suite(write(tmp_path, systems))
+    assert default.vocoder == "hifigan-universal" and default.vocoders_used() == ["hifigan-universal"]
+    chosen = load_suite(write(tmp_path, "vocoder: griffin-lim\n" + systems))
+    assert chosen.vocoders_used() == ["griffin-lim"]
+    assert [j.config_hash for j in chosen.jobs()] != [j.config_hash for j in default.jobs()]
+    # DC-TTS's mel is not HiFi-GAN's: it is heard through Griffin-Lim, so both ceilings are needed
+    mixed = load_suite(write(tmp_path, systems + "  - {system: dc-tts}\n"))
+    assert mixed.vocoders_used() == ["griffin-lim", "hifigan-universal"]
+    assert mixed.jobs()[0].config_hash != default.jobs()[0].config_hash  # the reference job scores both
+    with pytest.raises(SuiteError, match=r"suite.yaml:1: vocoder: expected one of .*hifigan-universal, got .wavenet."):
+        load_suite(write(tmp_path, "vocoder: wavenet\n" + systems))
+
+
 def test_a_quality_target_in_the_budget_is_parsed_checked_and_hashed(tmp_path):
     base = "validation: {every: 5, metrics: [wer]}\nseeds: [0]\nbudget: %s\nsystems:\n  - {system: glow-tts}\n"
     capped = load_suite(write(tmp_path, base % "{minutes: 2}"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttsbench import cli, models
+from ttsbench import cli, models, vocoders
 from ttsbench.train import QualityTarget, TrainOptions, build_optimizer, train
 
 SCHEDULE = "gradual_training=[[0, 5, 4], [3, 3, 4], [6, 2, 2]]"
@@ -141,8 +141,8 @@ def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedd
         metrics, _ = validate(model, examples, pad_values(model), torch.device("cpu"), [utterance.audio_path], ["mcd"])
         torch.manual_seed(5)
         synthesis = model.infer(torch.from_numpy(examples[0].text_ids))
-    audio = synthesis.to_audio()
-    rate = synthesis.output_audio_config.sample_rate
+    waveform = vocoders.for_model(vocoders.DEFAULT, model).vocode(synthesis)  # validation's default vocoder
+    audio, rate = waveform.audio, waveform.sample_rate
     expected = score(read_mono(utterance.audio_path, rate)[0], audio, rate, utterance.text, ["mcd"]).values["mcd"]
     assert metrics["mcd"] == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="one recording per validation example"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from ttsbench.cachedir import cache_root
 from ttsbench.errors import UserError, first_line
 from ttsbench.forkserver import start_early
-from ttsbench.options import CORPUS_KINDS, DEVICES, EMBEDDED, EXECUTOR_TYPES, PRESETS
+from ttsbench.options import CORPUS_KINDS, DEFAULT_VOCODER, DEVICES, EMBEDDED, EXECUTOR_TYPES, PRESETS, VOCODERS
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -98,12 +98,22 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """`synth`, `score` and `speed`: using and measuring a trained model."""
-    sy = sub.add_parser("synth", help="synthesise text with a checkpoint (Griffin-Lim vocoder)")
+    sy = sub.add_parser("synth", help="synthesise text with a checkpoint, then a vocoder")
     sy.add_argument("checkpoint")
     sy.add_argument("text")
     sy.add_argument("-o", "--output", required=True, help="output .wav")
     sy.add_argument("--device", default="cpu", choices=DEVICES)
+    sy.add_argument("--vocoder", default=DEFAULT_VOCODER, choices=VOCODERS,
+                    help=f"default {DEFAULT_VOCODER}; a system whose mel it was not trained on uses Griffin-Lim")
     sy.set_defaults(handler="scoring:cmd_synth")
+
+    vo = sub.add_parser("vocode", help="copy synthesis: each recording's own mel through a vocoder (its ceiling)")
+    vo.add_argument("wavdir", help="folder of recordings (.wav/.flac)")
+    vo.add_argument("-o", "--output", required=True, help="folder for the copies (same file names, .wav)")
+    vo.add_argument("--vocoder", default=DEFAULT_VOCODER, choices=VOCODERS, help=f"default {DEFAULT_VOCODER}")
+    vo.add_argument("--device", default="cpu", choices=DEVICES)
+    vo.add_argument("--quiet", action="store_true", help="no progress bar")
+    vo.set_defaults(handler="scoring:cmd_vocode")
 
     sc = sub.add_parser("score", help="score synthesised wavs against recordings matched by file name")
     sc.add_argument("--ref", required=True, help="folder of reference recordings (.wav/.flac)")

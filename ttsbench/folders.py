@@ -80,7 +80,8 @@ class TrainFolder:
         return sorted(found)
 
     def sample(self, utt_id: str, kind: str = "") -> Path:
-        """A kept wav: samples/ID.wav, or samples/ID.KIND.wav (the reference job's recording/vocoder)."""
+        """A kept wav: samples/ID.wav, or samples/ID.KIND.wav (the reference job's recording, or
+        its copy through the vocoder KIND)."""
         return self.samples / (f"{utt_id}.{kind}.wav" if kind else f"{utt_id}.wav")
 
     def sample_text(self, utt_id: str) -> Path:

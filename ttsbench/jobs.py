@@ -18,9 +18,10 @@ Rows (metric names; `item` names the utterance or sentence where there is one):
   rtf/peak_memory_mb per LJSpeech test sentence
 - hard/hit_guard, hard/stopped_early, hard/path_skipped, hard/asr_skipped, hard/wer ... per
   hard sentence
-The reference job instead scores the recordings' Griffin-Lim copies (variant
-"vocoder-ceiling") and the recordings themselves through the reference-free measures
-(variant "recording"), and keeps their audio for the report's players.
+Every row of a system's job names the vocoder its audio went through (`vocoder`).
+The reference job instead scores the recordings' copies through each vocoder the systems use
+(variants "ceiling: VOCODER") and the recordings themselves through the reference-free
+measures (variant "recording"), and keeps their audio for the report's players.
 """
 
 from __future__ import annotations
@@ -30,23 +31,25 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ttsbench import models
+from ttsbench import models, vocoders
 from ttsbench.audio import AudioConfig, read_mono, save_audio
 from ttsbench.data import Corpus, Utterance, load_corpus
 from ttsbench.fileio import read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import hard_sentence_outcomes
-from ttsbench.metrics.quality import METRICS, Scores, griffin_lim_copy, score, summarise, unheard
+from ttsbench.metrics.quality import METRICS, Scores, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, training_steps_per_second
 from ttsbench.models.base import TTSModel
 from ttsbench.results import RunStore
-from ttsbench.suite import Evaluation, Job, Suite
+from ttsbench.suite import CEILING_PREFIX, REFERENCE_VARIANT, Evaluation, Job, Suite, ceiling_variant
 from ttsbench.text import TextProcessor
 from ttsbench.train import SPLIT_SEED, TrainOptions, train
+from ttsbench.vocoders import Vocoder
 
 SKIPPED_LOG_KEYS = {"step", "seconds", "samples", "epoch", "event", "reason"}
 SKIPPED_VAL_KEYS = {"step", "seconds", "samples"}
@@ -91,12 +94,14 @@ def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bo
         val_metrics=suite.val_metrics,
         until=job.budget.until,
         until_consecutive=job.budget.consecutive,
+        vocoder=suite.vocoder,
     )
     state = train(model, corpus, folder.root, options).state
+    voice = vocoders.for_model(suite.vocoder, model)
     rows = training_rows(folder, suite.log_every, model.num_parameters())
     if state == "finished":
-        rows += evaluation_rows(model, corpus, suite.evaluation, folder, progress, suite.hard_sentence_set())
-    return state, rows
+        rows += evaluation_rows(model, corpus, suite.evaluation, folder, progress, suite.hard_sentence_set(), voice)
+    return state, [{**row, "vocoder": voice.name} for row in rows]
 
 
 def _number(value: Any) -> float | None:
@@ -178,23 +183,25 @@ def summary_rows(per_utterance: list[dict[str, float]], variant: str | None = No
 
 
 def evaluation_rows(model: TTSModel, corpus: Corpus, evaluation: Evaluation, folder: TrainFolder, progress: bool,
-                    hard_sentences: list[tuple[str, str]]) -> list[dict[str, Any]]:
+                    hard_sentences: list[tuple[str, str]], voice: Vocoder) -> list[dict[str, Any]]:
     """Quality on the test utterances, RTF over text lengths, outcomes on the first
-    `evaluation.hard_sentences` of `hard_sentences`."""
-    rows = quality_rows(model, corpus, evaluation, folder)
+    `evaluation.hard_sentences` of `hard_sentences`; all audio through `voice`."""
+    rows = quality_rows(model, corpus, evaluation, folder, voice)
     if evaluation.rtf_sentences:
-        rows += rtf_rows(model, evaluation, progress)
+        rows += rtf_rows(model, evaluation, progress, voice.name)
     if evaluation.hard_sentences:
         sentences = hard_sentences[: evaluation.hard_sentences]
-        outcomes = hard_sentence_outcomes(model, sentences, use_asr="wer" in evaluation.metrics, progress=progress)
+        outcomes = hard_sentence_outcomes(model, sentences, use_asr="wer" in evaluation.metrics, progress=progress,
+                                          vocoder=voice.name)
         for record in outcomes.to_dict("records"):
             rows += [{"metric": f"hard/{c}", "value": float(record[c]), "item": record["id"]}
                      for c in HARD_COLUMNS if c in record and _number(record[c]) is not None]
     return rows
 
 
-def quality_rows(model: TTSModel, corpus: Corpus, evaluation: Evaluation, folder: TrainFolder) -> list[dict[str, Any]]:
-    """Each test utterance synthesised free-running and scored against its recording."""
+def quality_rows(model: TTSModel, corpus: Corpus, evaluation: Evaluation, folder: TrainFolder,
+                 voice: Vocoder) -> list[dict[str, Any]]:
+    """Each test utterance synthesised free-running, vocoded and scored against its recording."""
     processor = TextProcessor()
     utterances = _eval_utterances(corpus, evaluation)
     speaker = speaker_reference(utterances, evaluation.metrics)
@@ -202,8 +209,8 @@ def quality_rows(model: TTSModel, corpus: Corpus, evaluation: Evaluation, folder
     per_utterance = []
     for index, utterance in enumerate(utterances):
         synthesis = model.infer(torch.tensor(processor.encode(utterance.text), dtype=torch.long, device=model.device))
-        audio = synthesis.to_audio()
-        config = synthesis.output_audio_config
+        waveform = voice.vocode(synthesis)
+        audio, config = waveform.audio, waveform.config
         reference = read_mono(utterance.audio_path, config.sample_rate)[0]
         if index < evaluation.audio_samples:
             save_audio(folder.sample(utterance.id), audio, config)
@@ -224,39 +231,55 @@ RTF_COLUMNS = {"chars": "chars", "audio_seconds": "audio_seconds", "acoustic": "
                "peak_memory_mb": "peak_memory_mb"}
 
 
-def rtf_rows(model: TTSModel, evaluation: Evaluation, progress: bool) -> list[dict[str, Any]]:
+def rtf_rows(model: TTSModel, evaluation: Evaluation, progress: bool, vocoder: str) -> list[dict[str, Any]]:
     """Real-time factor per LJSpeech test sentence, spread over text length."""
     table = measure_rtf(model, length_spread_sentences(evaluation.rtf_sentences), repeats=evaluation.rtf_repeats,
-                        warmup=1, progress=progress)
+                        warmup=1, progress=progress, vocoder=vocoder)
     return [{"metric": f"rtf/{name}", "value": float(record[column]), "item": record["id"]}
             for record in table.to_dict("records") for name, column in RTF_COLUMNS.items()]
 
 
 def reference_rows(suite: Suite, folder: TrainFolder, progress: bool) -> list[dict[str, Any]]:
-    """The ceiling every system is read against: the recordings and their Griffin-Lim copies."""
+    """The ceilings every system is read against: the recordings, and their copies through each
+    vocoder the suite's systems are heard through."""
     corpus = load_corpus(suite.corpus_location())
-    config = AudioConfig()
     metrics = suite.evaluation.metrics
-    no_reference = [m for m in metrics if not METRICS[m].needs_reference_audio]
     utterances = _eval_utterances(corpus, suite.evaluation)
     speaker = speaker_reference(utterances, metrics)
+    voices = [vocoders.get(name) for name in suite.vocoders_used()]
+    per_variant: dict[str, list[dict[str, float]]] = {}
     rows: list[dict[str, Any]] = []
-    ceilings, recordings = [], []
     for index, utterance in enumerate(tqdm(utterances, desc="reference", unit="utt", disable=not progress)):
-        recording = read_mono(utterance.audio_path, config.sample_rate)[0]
-        copy = griffin_lim_copy(recording, config.sample_rate, config)
-        if index < suite.evaluation.audio_samples:
-            save_audio(folder.sample(utterance.id, "recording"), recording, config)
-            save_audio(folder.sample(utterance.id, "vocoder"), copy, config)
+        recording, rate = read_mono(utterance.audio_path)
+        keep = index < suite.evaluation.audio_samples
+        if keep:
+            save_audio(folder.sample(utterance.id, REFERENCE_VARIANT), recording, AudioConfig(sample_rate=rate))
             folder.sample_text(utterance.id).write_text(utterance.text, "utf-8")
-        ceiling = score(recording, copy, config.sample_rate, utterance.text, metrics, speaker, utterance.id)
-        own = (score(None, recording, config.sample_rate, utterance.text, no_reference)
-               if no_reference else Scores({}, None))
-        if speaker is not None:  # the same measure, the recording against the other recordings
-            own.values["speaker_sim"] = speaker.similarity(recording, config.sample_rate, utterance.id)
-        ceilings.append(dict(ceiling.values))
-        recordings.append(dict(own.values))
-        ceiling.values["audio_seconds"] = len(copy) / config.sample_rate
-        own.values["audio_seconds"] = len(recording) / config.sample_rate
-        rows += utterance_rows(utterance.id, ceiling, "vocoder-ceiling") + utterance_rows(utterance.id, own, "recording")
-    return rows + summary_rows(ceilings, "vocoder-ceiling") + summary_rows(recordings, "recording")
+        scored = [(REFERENCE_VARIANT, None, _recording_scores(recording, rate, utterance, metrics, speaker))]
+        for voice in voices:
+            copy = voice.copy(recording, rate)
+            if keep:
+                save_audio(folder.sample(utterance.id, voice.name), copy.audio, copy.config)
+            reference = recording if copy.sample_rate == rate else read_mono(utterance.audio_path, copy.sample_rate)[0]
+            scores = score(reference, copy.audio, copy.sample_rate, utterance.text, metrics, speaker, utterance.id)
+            scores.values["audio_seconds"] = copy.seconds
+            scored.append((ceiling_variant(voice.name), voice.name, scores))
+        for variant, vocoder, scores in scored:
+            per_variant.setdefault(variant, []).append({k: v for k, v in scores.values.items() if k != "audio_seconds"})
+            rows += [{**row, "vocoder": vocoder} for row in utterance_rows(utterance.id, scores, variant)]
+    for variant, values in per_variant.items():
+        vocoder = None if variant == REFERENCE_VARIANT else variant.removeprefix(CEILING_PREFIX)
+        rows += [{**row, "vocoder": vocoder} for row in summary_rows(values, variant)]
+    return rows
+
+
+def _recording_scores(recording: np.ndarray, rate: int, utterance: Utterance, metrics: Sequence[str],
+                      speaker: SpeakerReference | None) -> Scores:
+    """The recording itself through the measures that need no reference (and the speaker
+    measure, against the other recordings)."""
+    no_reference = [m for m in metrics if not METRICS[m].needs_reference_audio]
+    own = score(None, recording, rate, utterance.text, no_reference) if no_reference else Scores({}, None)
+    if speaker is not None:
+        own.values["speaker_sim"] = speaker.similarity(recording, rate, utterance.id)
+    own.values["audio_seconds"] = len(recording) / rate
+    return own

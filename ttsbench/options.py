@@ -12,3 +12,5 @@ PRESETS: tuple[str, ...] = typing.get_args(Preset)  # what suites and the CLI of
 DEVICES = ("cpu", "cuda", "auto")  # where a model may run ("auto": cuda when present)
 EMBEDDED = "embedded"  # the corpus spec naming the 24 clips shipped in the package
 CORPUS_KINDS = ("digits", "lj-text")  # what `ttsbench corpus make` generates (ttsbench.synthetic)
+VOCODERS = ("griffin-lim", "hifigan-lj", "hifigan-universal")  # the keys of the vocoders registry (checked there)
+DEFAULT_VOCODER = "hifigan-universal"  # for every system whose output is the default 80-bin log mel

@@ -6,7 +6,8 @@ RUNDIR/
   environment.json  versions, device, threads, commit: what the numbers are valid for
   results.jsonl   rows: run_id, job, system, variant, seed, config_hash, metric, value, step,
                   seconds, item (an utterance or sentence id, or "" for a per-run number), text
-                  (the ASR hypothesis on eval/wer rows, else null)
+                  (the ASR hypothesis on eval/wer rows, else null), vocoder (what the job's audio
+                  went through; null for the recordings and in runs made before vocoders)
   jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error;
                   re-running skips finished and diverged jobs and tries failed ones again
   jobs/JOB/       the trainer's folder (log, val curve, checkpoint, alignments) and samples/
@@ -39,7 +40,7 @@ from ttsbench.fileio import atomic_write_json, atomic_write_jsonl
 from ttsbench.folders import TrainFolder
 
 COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item",
-           "text")
+           "text", "vocoder")
 STATES = ("finished", "diverged", "failed")
 DONE_STATES = ("finished", "diverged")  # a failed job is tried again when the run is resumed
 

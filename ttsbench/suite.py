@@ -28,11 +28,16 @@ Schema (every key but `systems` has a default):
                                    # with wer, the report gives steps and seconds to intelligible
     evaluation:                    # after training, on the corpus's test split
       utterances: 2
-      metrics: [mcd, f0_rmse, pesq, stoi, wer, cer, speaker_sim, dnsmos_ovrl]   # or "all"
+      metrics: [mcd, f0_rmse, pesq, stoi, wer, cer, speaker_sim, mos, dnsmos_ovrl]   # or "all"
       rtf_sentences: 4             # LJSpeech test sentences spread over length
       rtf_repeats: 2
       hard_sentences: 8            # first N of the hard-sentence set (0: skip)
       audio_samples: 1             # wavs kept per job for the report's players
+    vocoder: hifigan-universal     # griffin-lim | hifigan-lj | hifigan-universal (the default): for
+                                   # validation and evaluation audio; a system whose mel the vocoder
+                                   # was not trained on (DC-TTS) is heard through its own path,
+                                   # Griffin-Lim; the reference job copies the recordings through
+                                   # each vocoder the systems use (the ceilings)
     thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0, mcd: 8.0, wer: 0.3}
     price_per_hour: 3.06           # USD per device-hour, for the cost table
     executor: {type: local, parallel: 1, retries: 0, cpus_per_job: 1, gpus_per_job: 0, address: null}
@@ -64,7 +69,7 @@ from ttsbench.claims import CLAIMS
 from ttsbench.errors import UserError
 from ttsbench.metrics.alignment import load_hard_sentences
 from ttsbench.metrics.quality import METRICS
-from ttsbench.options import CORPUS_KINDS, DEVICES, EXECUTOR_TYPES, PRESETS
+from ttsbench.options import CORPUS_KINDS, DEFAULT_VOCODER, DEVICES, EXECUTOR_TYPES, PRESETS, VOCODERS
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, CorpusSpec, cached_corpus, corpus_cache_path
 
 # Measures every validation gives besides the quality metrics of `validation.metrics`.
@@ -72,6 +77,18 @@ VALIDATION_MEASURES = ("mel_l1_dtw", "diagonal_score", "focus_rate", "free_diago
                        "length_ratio", "stopped", "duration_change")
 REFERENCE_JOB = "reference"  # the job that scores the recordings and their vocoder copies
 REFERENCE_VARIANT = "recording"
+FALLBACK_VOCODER = "griffin-lim"  # every system's own path, and what runs before vocoders existed used
+CEILING_PREFIX = "ceiling: "  # the reference job's variant for the recordings copied through one vocoder
+OLD_CEILING_VARIANT = "vocoder-ceiling"  # runs made before vocoders were named: Griffin-Lim
+
+
+def ceiling_variant(vocoder: str) -> str:
+    return CEILING_PREFIX + vocoder
+
+
+def is_reference_variant(variant: str) -> bool:
+    """The recordings and their copies through a vocoder: what systems are read against."""
+    return variant in (REFERENCE_VARIANT, OLD_CEILING_VARIANT) or variant.startswith(CEILING_PREFIX)
 
 
 class SuiteError(UserError, ValueError):
@@ -121,7 +138,7 @@ class Budget:
 class Evaluation:
     utterances: int = 2
     metrics: tuple[str, ...] = ("mcd", "f0_rmse", "vuv_error", "pesq", "stoi", "wer", "cer", "speaker_sim",
-                                 "dnsmos_ovrl")
+                                 "mos", "dnsmos_ovrl")
     rtf_sentences: int = 4
     rtf_repeats: int = 2
     hard_sentences: int = 8
@@ -193,6 +210,7 @@ class Suite:
     val_utterances: int = 2
     val_metrics: tuple[str, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
+    vocoder: str = DEFAULT_VOCODER
     thresholds: tuple[tuple[str, float], ...] = (
         ("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0), ("mcd", 8.0), ("wer", 0.3))
     price_per_hour: float = 0.0
@@ -229,12 +247,25 @@ class Suite:
             "val_metrics": list(self.val_metrics),
             "evaluation": asdict(self.evaluation),
             "log_every": self.log_every,
+            **({"vocoder": self.vocoder} if self.vocoder != FALLBACK_VOCODER else {}),  # the old hash: griffin-lim
         }
+
+    def vocoders_used(self) -> list[str]:
+        """The vocoders the systems are heard through: the suite's, and Griffin-Lim for a system
+        whose mel that vocoder was not trained on (`ttsbench.vocoders.resolve`)."""
+        from ttsbench import vocoders
+
+        used = {vocoders.resolve(self.vocoder, models.get(e.system).features_for(
+            models.config_for(e.system, e.preset, e.override_strings()))["mel"]).name for e in self.systems}
+        return sorted(used, key=VOCODERS.index)
 
     def jobs(self) -> list[Job]:
         """The reference job, then system x seed in file order."""
+        ceilings = self.vocoders_used()
+        reference = {"reference": self.shared_settings(),
+                     **({"ceilings": ceilings} if ceilings != [FALLBACK_VOCODER] else {})}  # as before vocoders
         jobs = [Job(REFERENCE_JOB, REFERENCE_VARIANT, REFERENCE_VARIANT, "-", 0, (), Budget(steps=0),
-                    _hash({"reference": self.shared_settings()}), kind="reference")]
+                    _hash(reference), kind="reference")]
         for entry in self.systems:
             budget = entry.budget or self.budget
             config = models.config_for(entry.system, entry.preset, entry.override_strings())
@@ -391,7 +422,7 @@ class _Checker:
 
 
 TOP_KEYS = ("name", "description", "corpus", "seeds", "device", "threads", "budget", "log_every", "checkpoint_every",
-            "validation", "evaluation", "thresholds", "price_per_hour", "executor", "systems", "claims")
+            "validation", "evaluation", "vocoder", "thresholds", "price_per_hour", "executor", "systems", "claims")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -454,6 +485,8 @@ def _run_settings(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             values["seeds"] = tuple(s for s in parsed if s is not None)
     if "device" in data:
         values["device"] = check.choice(data["device"], ("device",), DEVICES)
+    if "vocoder" in data:
+        values["vocoder"] = check.choice(data["vocoder"], ("vocoder",), VOCODERS)
     if "threads" in data:
         values["threads"] = check.number(data["threads"], ("threads",), int, 1, optional=True)
     if "budget" in data:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ttsbench import vocoders
 from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
 from ttsbench.batches import Batch, Example, bucket_batches, collate, load_examples
 from ttsbench.data import Corpus
@@ -79,6 +80,7 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     max_seconds: float | None = None  # a wall-time budget in training seconds; whichever ends first
     val_metrics: tuple[str, ...] = ()  # quality measures (metrics.quality.METRICS) on vocoded validation audio
+    vocoder: str = vocoders.DEFAULT  # what validation audio goes through (a system it cannot serve: its own path)
     # A quality target: stop at the validation where every (measure, threshold) has been met
     # `until_consecutive` times in a row; steps and max_seconds then only cap a run that never does.
     until: tuple[tuple[str, float], ...] = ()
@@ -94,6 +96,8 @@ class TrainOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.vocoder not in vocoders.NAMES:
+            raise ValueError(f"unknown vocoder {self.vocoder!r}; known: {', '.join(vocoders.NAMES)}")
         if self.until and not self.val_every:
             raise ValueError("a quality target (until) needs validation: set val_every")
 
@@ -234,13 +238,15 @@ def validate(
     device: torch.device,
     recordings: Sequence[Path] = (),
     audio_metrics: Sequence[str] = (),
+    vocoder: str = vocoders.DEFAULT,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Model-agnostic validation: free-running synthesis scored against the recordings.
 
     mel_l1_dtw is taken on natural-log mel magnitudes whatever the model's scaling, so the
     curves share units; DC-TTS's filterbank and framing still differ from the others', so its
     curve is comparable in scale, not bin for bin. With `audio_metrics` (and each example's
-    recording in `recordings`), the synthesis is also vocoded and scored with those quality
+    recording in `recordings`), the synthesis is also vocoded (by `vocoder`, or the system's own
+    path where that vocoder cannot serve it) and scored with those quality
     measures (MCD, WER, ...), as the final evaluation does; WER and CER are the corpus rates of
     the validation set. Returns mean metrics (NaN-skipping) and
     the teacher-forced alignments: `ID` -> soft attention where the model attends,
@@ -256,13 +262,14 @@ def validate(
         metrics.setdefault(name, []).append(value)
 
     mel_config = model.feature_audio_configs()["mel"]
+    voice = vocoders.resolve(vocoder, mel_config, str(device))
     for index, example in enumerate(examples):
         synthesis = model.infer(torch.from_numpy(example.text_ids).to(device))
         reference = natural_log_mel(example.features["mel"], mel_config)
         add("mel_l1_dtw", mel_l1_dtw(reference, natural_log_mel(synthesis.mel, synthesis.audio_config)))
         if audio_metrics:
-            audio = synthesis.to_audio()
-            rate = synthesis.output_audio_config.sample_rate
+            waveform = voice.vocode(synthesis)
+            audio, rate = waveform.audio, waveform.sample_rate
             recording, _ = read_mono(recordings[index], rate)
             try:
                 scored.append(score(recording, audio, rate, example.text, audio_metrics, speaker, example.id).values)
@@ -696,7 +703,8 @@ class Trainer:
                   state: TrainState) -> dict[str, Any]:
         """Validate now, append the row to val.jsonl and return it."""
         # infer and alignment switch to eval mode without autograd and back (TTSModel.evaluating)
-        metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics)
+        metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics,
+                                 self.options.vocoder)
         change = duration_change(self.folder, state.step, maps)
         if change is not None:
             metrics["duration_change"] = change

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from ttsbench.metrics import quality
+from ttsbench.vocoders.griffin_lim import griffin_lim_copy
 from ttsbench.metrics.speaker import SpeakerReference
 
 torch.set_num_threads(1)
@@ -26,7 +27,7 @@ CLIP_ID = "LJ001-0001"
 def pair(embedded_corpus) -> tuple[np.ndarray, np.ndarray, int, str, SpeakerReference]:
     utterance = embedded_corpus.by_id()[CLIP_ID]
     audio, rate = sf.read(utterance.audio_path, dtype="float32")
-    synthesis = quality.griffin_lim_copy(audio, rate)
+    synthesis = griffin_lim_copy(audio, rate)
     speaker = SpeakerReference.from_audio({u.id: sf.read(u.audio_path, dtype="float32")
                                            for u in embedded_corpus.utterances[:4]})
     # compiles DTW, loads the ASR, the speaker encoder and DNSMOS

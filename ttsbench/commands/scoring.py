@@ -1,4 +1,4 @@
-"""`ttsbench synth|score|speed`: using and measuring a trained model."""
+"""`ttsbench synth|vocode|score|speed`: using and measuring a trained model and a vocoder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ttsbench.audio import read_mono, save_audio
+from ttsbench import vocoders
+from ttsbench.audio import AudioConfig, read_mono, save_audio
 from ttsbench.data import AUDIO_SUFFIXES
 from ttsbench.errors import OptionError
 from ttsbench.metrics.quality import METRICS, resolve_metrics, score, summarise, unheard
@@ -32,13 +33,47 @@ def cmd_synth(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     synthesis = model.infer(torch.tensor(ids, dtype=torch.long, device=device))
     acoustic = time.perf_counter() - started
-    audio = synthesis.to_audio()
-    config = synthesis.output_audio_config
-    save_audio(args.output, audio, config)
-    seconds = len(audio) / config.sample_rate
-    print(f"{args.output}: {seconds:.2f} s of audio from {checkpoint['system']} at step {checkpoint['step']}, "
-          f"{synthesis.num_frames} frames, acoustic model {acoustic:.2f} s, "
+    voice = _vocoder_for(args.vocoder, synthesis.audio_config, str(device), checkpoint["system"])
+    waveform = voice.vocode(synthesis)
+    save_audio(args.output, waveform.audio, waveform.config)
+    print(f"{args.output}: {waveform.seconds:.2f} s of audio from {checkpoint['system']} at step {checkpoint['step']}, "
+          f"{synthesis.num_frames} frames, acoustic model {acoustic:.2f} s, vocoder {voice.name}, "
           f"{'stopped by itself' if synthesis.stopped else 'CUT BY THE MAX-LENGTH GUARD'}")
+    return 0
+
+
+def _vocoder_for(name: str, mel_config: AudioConfig, device: str, system: str) -> vocoders.Vocoder:
+    """The vocoder asked for, or the system's own path with a note saying why."""
+    voice = vocoders.resolve(name, mel_config, device)
+    if voice.name != name:
+        print(f"note: {system}: {vocoders.get(name).refusal(mel_config)}; vocoded by {voice.name}, its own path")
+    return voice
+
+
+VOCODE_MARKER = ".ttsbench-vocode"  # names a folder `ttsbench vocode` wrote, so a re-run may write into it
+
+
+def cmd_vocode(args: argparse.Namespace) -> int:
+    """Copy synthesis of a folder of recordings: each one's mel through the vocoder, so a user can
+    measure a vocoder's ceiling on their own data (then `ttsbench score`)."""
+    recordings = _audio_files(args.wavdir)
+    if not recordings:
+        raise OptionError(f"{args.wavdir}: no .wav or .flac files")
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / VOCODE_MARKER).is_file())):
+        raise OptionError(f"-o {out}: exists and is not a folder `ttsbench vocode` wrote; "
+                          "name a new or empty folder (nothing was written)")
+    voice = vocoders.get(args.vocoder, str(resolve_device(args.device)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / VOCODE_MARKER).write_text(f"{voice.name}\n", "utf-8")
+    seconds = 0.0
+    for utt_id, path in tqdm(recordings.items(), desc=voice.name, unit="file", disable=args.quiet):
+        audio, rate = read_mono(path)
+        waveform = voice.copy(audio, rate)
+        save_audio(out / f"{utt_id}.wav", waveform.audio, waveform.config)
+        seconds += waveform.seconds
+    print(f"{out}: {len(recordings)} files, {seconds:.1f} s of audio, copies through {voice.name} "
+          f"({voice.description}); score them with: ttsbench score --ref {args.wavdir} --syn {out}")
     return 0
 
 

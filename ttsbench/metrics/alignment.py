@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ttsbench.metrics.asr import normalise_text, transcribe
+from ttsbench.options import DEFAULT_VOCODER
 from ttsbench.text import EOS, TextProcessor
 
 if TYPE_CHECKING:
@@ -241,8 +242,10 @@ def hard_sentence_outcomes(
     sentences: Sequence[tuple[str, str]] | None = None,
     use_asr: bool = True,
     progress: bool = True,
+    vocoder: str = DEFAULT_VOCODER,
 ) -> pd.DataFrame:
-    """Synthesise every hard sentence and judge it; one row per sentence.
+    """Synthesise every hard sentence, vocode it (`vocoder`, or the system's own path where that
+    one cannot serve it) and judge it; one row per sentence.
 
     Columns: id, text, chars, audio_seconds, expected_seconds, stopped, hit_guard,
     stopped_early, path_words/skipped/repeated (NaN without an alignment), and with ASR:
@@ -251,16 +254,18 @@ def hard_sentence_outcomes(
     import torch
     from tqdm.auto import tqdm
 
+    from ttsbench import vocoders
+
     sentences = list(sentences) if sentences is not None else load_hard_sentences()
+    voice = vocoders.for_model(vocoder, model)
     processor = TextProcessor()
     rows = []
     for utt_id, text in tqdm(sentences, desc="hard sentences", unit="utt", disable=not progress, leave=False):
         ids = torch.tensor(processor.encode(text), dtype=torch.long, device=model.device)
         with torch.no_grad():
             synthesis = model.infer(ids)
-        audio = synthesis.to_audio()
-        rate = synthesis.output_audio_config.sample_rate
-        seconds = len(audio) / rate
+        waveform = voice.vocode(synthesis)
+        audio, rate, seconds = waveform.audio, waveform.sample_rate, waveform.seconds
         row: dict[str, object] = {
             "id": utt_id,
             "text": text,

@@ -49,10 +49,13 @@ reports can quote them:
 - speaker_sim: cosine between the synthesis's speaker embedding (Resemblyzer's GE2E encoder)
   and the mean embedding of the corpus speaker's recordings, without the recording of the same
   utterance (see `ttsbench.metrics.speaker`).
+- mos: DistillMOS (Stahl & Gamper, ICASSP 2025), a no-reference MOS predictor distilled from
+  an XLS-R-based speech quality model (see `ttsbench.metrics.mos`): the SSL-family naturalness
+  estimate TTS toolkits report (ESPnet, VERSA and NeMo use UTMOS-family predictors).
 - DNSMOS P.835 (SIG, BAK, OVRL) and P.808: no-reference MOS predictors from Microsoft's Deep
   Noise Suppression challenge, via speechmos' bundled ONNX weights (clips under 9.01 s are
   tiled to that length, as DNSMOS does). Trained on noise-suppressed speech, not TTS: use them
-  to rank systems, not as listener MOS.
+  to rank systems, not as listener MOS; a second opinion beside `mos`.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
-from ttsbench.audio import AudioConfig, griffin_lim_from_mel, mel_spectrogram
+from ttsbench.audio import AudioConfig, mel_spectrogram
+from ttsbench.metrics.mos import distillmos
 from ttsbench.metrics.asr import ErrorCounts, char_errors, normalise_text, transcribe, word_errors
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.metrics.stats import Interval, mean_interval, rate_interval
@@ -309,6 +313,10 @@ class Pair:
         return self.speaker
 
     @functools.cached_property
+    def mos(self) -> float:
+        return distillmos(self.synthesis_16k, EVAL_RATE)
+
+    @functools.cached_property
     def dnsmos(self) -> dict[str, float]:
         scores = _dnsmos()(np.clip(self.synthesis_16k, -1.0, 1.0), EVAL_RATE, False)
         return {k: float(v) for k, v in scores.items() if k.endswith("_mos")}
@@ -410,6 +418,7 @@ class MetricInfo:
     per audio second).
     counts: for an error rate, the per-utterance error counts it is made of; a set's value is
     then the corpus rate (summed errors / summed reference length), never a mean of rates.
+    source: the paper and the implementation the number comes from.
     """
 
     name: str
@@ -422,14 +431,17 @@ class MetricInfo:
     description: str
     counts: Callable[[str, str], ErrorCounts] | None = None  # (text, transcript) -> counts
     needs_speaker: bool = False  # the speaker's reference recordings (a SpeakerReference)
+    source: str = ""
 
 
 def _metric(name: str, unit: str, compute: Callable[[Pair], float], description: str, *, higher_is_better: bool,
             needs_reference_audio: bool, needs_text: bool = False, slow: bool = False,
-            counts: Callable[[str, str], ErrorCounts] | None = None, needs_speaker: bool = False) -> MetricInfo:
+            counts: Callable[[str, str], ErrorCounts] | None = None, needs_speaker: bool = False,
+            source: str = "") -> MetricInfo:
     return MetricInfo(name=name, unit=unit, higher_is_better=higher_is_better,
                       needs_reference_audio=needs_reference_audio, needs_text=needs_text, slow=slow,
-                      compute=compute, description=description, counts=counts, needs_speaker=needs_speaker)
+                      compute=compute, description=description, counts=counts, needs_speaker=needs_speaker,
+                      source=source)
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -462,6 +474,10 @@ METRICS: dict[str, MetricInfo] = {
         _metric("speaker_sim", "cosine", _speaker_sim,
                 "cosine of Resemblyzer speaker embeddings: synthesis vs. the mean of the speaker's recordings",
                 higher_is_better=True, needs_reference_audio=True, slow=True, needs_speaker=True),
+        _metric("mos", "MOS", lambda pair: pair.mos,
+                "DistillMOS: naturalness MOS predicted from the audio alone (SSL-distilled, no reference)",
+                higher_is_better=True, needs_reference_audio=False, slow=True,
+                source="Stahl & Gamper, ICASSP 2025; distillmos 0.9.1 weights (Microsoft, MIT), ttsbench.metrics.mos"),
         _metric("dnsmos_ovrl", "MOS", _dnsmos_score("ovrl_mos"), "DNSMOS P.835 overall quality (no reference)",
                 higher_is_better=True, needs_reference_audio=False, slow=True),
         _metric("dnsmos_sig", "MOS", _dnsmos_score("sig_mos"), "DNSMOS P.835 speech signal quality (no reference)",
@@ -562,29 +578,6 @@ def unheard(text: str | None, metrics: Iterable[str]) -> Scores:
         values[name] = counts.rate
         values.update(_count_values(name, counts))
     return Scores(values, "" if any(METRICS[n].counts for n in metrics) else None)
-
-
-def griffin_lim_copy(audio: np.ndarray, sample_rate: int, config: AudioConfig | None = None) -> np.ndarray:
-    """The recording's own mel through the harness's Griffin-Lim: a perfect acoustic model's output."""
-    config = config or AudioConfig(sample_rate=sample_rate, fmax=min(8000.0, sample_rate / 2))
-    if config.sample_rate != sample_rate:
-        raise ValueError(f"config is for {config.sample_rate} Hz but the audio is {sample_rate} Hz")
-    return griffin_lim_from_mel(mel_spectrogram(np.asarray(audio, dtype=np.float32), config), config)
-
-
-def vocoder_ceiling(
-    audio: np.ndarray,
-    sample_rate: int,
-    text: str | None = None,
-    metrics: Iterable[str] | None = None,
-    config: AudioConfig | None = None,
-) -> dict[str, float]:
-    """Scores of `griffin_lim_copy(audio)` against `audio`: the best any system can reach here.
-
-    The gap between a system and this ceiling is the acoustic model's; the gap between this
-    ceiling and a perfect score is the vocoder's.
-    """
-    return score(audio, griffin_lim_copy(audio, sample_rate, config), sample_rate, text, metrics).values
 
 
 def rate_counts(rows: Iterable[Mapping[str, float]], name: str) -> tuple[list[float], list[float]]:

@@ -3,13 +3,14 @@
 RTF = synthesis wall seconds / seconds of audio produced. LOWER IS FASTER: 0.1 means ten
 seconds of speech take one second to make; above 1 is slower than real time.
 
-Protocol (the same for every system, through `TTSModel.infer` and `Synthesis.to_audio` only):
+Protocol (the same for every system, through `TTSModel.infer` and `Vocoder.vocode` only):
 batch 1, `warmup` untimed runs per sentence, then `repeats` timed runs, median reported. Each
-run times the acoustic model (`infer`, under `torch.no_grad`) and the vocoder (`to_audio`,
-Griffin-Lim here) apart and end to end; total_seconds is the end-to-end median, which is also
-the latency (seconds until the whole utterance exists: none of the systems streams). On CUDA
-the device is synchronised before each clock read. Sentences come from the standard LJSpeech
-test split, spread evenly over its length ranks from the shortest to the longest.
+run times the acoustic model (`infer`, under `torch.no_grad`) and the vocoder (the suite's, or
+the system's own Griffin-Lim where that vocoder cannot serve it) apart and end to end;
+total_seconds is the end-to-end median, which is also the latency (seconds until the whole
+utterance exists: none of the systems streams). On CUDA the device is synchronised before each
+clock read. Sentences come from the standard LJSpeech test split, spread evenly over its length
+ranks from the shortest to the longest.
 
 Peak memory: on CUDA, `torch.cuda.max_memory_allocated` over the timed runs (tensors only).
 On CPU, the growth of the process's resident-set high-water mark (VmHWM in /proc/self/status,
@@ -35,12 +36,14 @@ import pandas as pd
 
 from ttsbench.data import standard_split_sentences
 from ttsbench.fileio import read_jsonl
+from ttsbench.options import DEFAULT_VOCODER
 from ttsbench.text import TextProcessor
 
 if TYPE_CHECKING:
     import torch
 
     from ttsbench.models.base import TTSModel
+    from ttsbench.vocoders import Vocoder, Waveform
 
 COLUMNS = (
     "id", "chars", "frames", "audio_seconds", "acoustic_seconds", "vocoder_seconds", "total_seconds",
@@ -137,8 +140,9 @@ def _clock(device: "torch.device") -> float:
     return time.perf_counter()
 
 
-def time_synthesis(model: "TTSModel", text_ids: "torch.Tensor") -> tuple[float, float, float, object, np.ndarray]:
-    """One timed run: (acoustic s, vocoder s, end-to-end s, synthesis, audio)."""
+def time_synthesis(model: "TTSModel", text_ids: "torch.Tensor", vocoder: "Vocoder"
+                   ) -> tuple[float, float, float, object, "Waveform"]:
+    """One timed run: (acoustic s, vocoder s, end-to-end s, synthesis, waveform)."""
     import torch
 
     device = text_ids.device
@@ -146,9 +150,9 @@ def time_synthesis(model: "TTSModel", text_ids: "torch.Tensor") -> tuple[float, 
     with torch.no_grad():
         synthesis = model.infer(text_ids)
     acoustic_done = _clock(device)
-    audio = synthesis.to_audio()
+    waveform = vocoder.vocode(synthesis)
     finished = _clock(device)
-    return acoustic_done - started, finished - acoustic_done, finished - started, synthesis, audio
+    return acoustic_done - started, finished - acoustic_done, finished - started, synthesis, waveform
 
 
 def measure_rtf(
@@ -157,36 +161,39 @@ def measure_rtf(
     repeats: int = 3,
     warmup: int = 1,
     progress: bool = True,
+    vocoder: str = DEFAULT_VOCODER,
 ) -> pd.DataFrame:
     """RTF table, one row per sentence (columns `COLUMNS`); lower RTF is faster.
 
-    The model runs where its parameters are. `df.attrs` records device, threads, versions and
-    the memory method, so a table carries the conditions it was measured under.
+    The model runs where its parameters are, and so does the vocoder (`vocoder`, or the system's
+    own path where that one cannot serve it). `df.attrs` records device, threads, versions, the
+    memory method and the vocoder, so a table carries the conditions it was measured under.
     """
     import torch
     from tqdm.auto import tqdm
+
+    from ttsbench import vocoders
 
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     sentences = list(sentences) if sentences is not None else length_spread_sentences()
     processor = TextProcessor()
     device = model.device
+    voice = vocoders.for_model(vocoder, model)
     rows = []
     memory_method = ""
     for utt_id, text in tqdm(sentences, desc="RTF", unit="sentence", disable=not progress, leave=False):
         ids = torch.tensor(processor.encode(text), dtype=torch.long, device=device)
         for _ in range(warmup):
-            time_synthesis(model, ids)
+            time_synthesis(model, ids, voice)
         runs = []
         with PeakMemory(device) as memory:
             for _ in range(repeats):
-                runs.append(time_synthesis(model, ids))
+                runs.append(time_synthesis(model, ids, voice))
         memory_method = memory.method
-        synthesis, audio = runs[-1][3], runs[-1][4]
-        rate = synthesis.output_audio_config.sample_rate
-        audio_seconds = len(audio) / rate
+        synthesis, audio_seconds = runs[-1][3], runs[-1][4].seconds
         acoustic = statistics.median(r[0] for r in runs)
-        vocoder = statistics.median(r[1] for r in runs)
+        vocoding = statistics.median(r[1] for r in runs)
         total = statistics.median(r[2] for r in runs)
         rows.append({
             "id": utt_id,
@@ -194,16 +201,17 @@ def measure_rtf(
             "frames": synthesis.num_frames,
             "audio_seconds": audio_seconds,
             "acoustic_seconds": acoustic,
-            "vocoder_seconds": vocoder,
+            "vocoder_seconds": vocoding,
             "total_seconds": total,
             "rtf_acoustic": _per_audio_second(acoustic, audio_seconds),
-            "rtf_vocoder": _per_audio_second(vocoder, audio_seconds),
+            "rtf_vocoder": _per_audio_second(vocoding, audio_seconds),
             "rtf_total": _per_audio_second(total, audio_seconds),
             "peak_memory_mb": memory.megabytes,
             "stopped": bool(synthesis.stopped),
         })
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    table.attrs.update(environment(device), repeats=repeats, warmup=warmup, memory_method=memory_method)
+    table.attrs.update(environment(device), repeats=repeats, warmup=warmup, memory_method=memory_method,
+                       vocoder=voice.name)
     return table
 
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 from torch import nn
 
-from ttsbench.audio import AudioConfig, griffin_lim_from_linear, griffin_lim_from_mel
+from ttsbench.audio import AudioConfig
 from ttsbench.batches import Batch
 from ttsbench.options import PRESETS
 from ttsbench.schedule import Schedule
@@ -208,19 +208,6 @@ class Synthesis:
     @property
     def audio_seconds(self) -> float:
         return self.num_frames * self.audio_config.hop_length / self.audio_config.sample_rate
-
-    @property
-    def output_audio_config(self) -> AudioConfig:
-        """The front end of `to_audio()`'s waveform: its sample rate, for saving and scoring it."""
-        if self.linear is not None and self.linear_audio_config is not None:
-            return self.linear_audio_config
-        return self.audio_config
-
-    def to_audio(self) -> np.ndarray:
-        """Griffin-Lim from the linear spectrogram where the model makes one, else from mel."""
-        if self.linear is not None:
-            return griffin_lim_from_linear(self.linear, self.output_audio_config)
-        return griffin_lim_from_mel(self.mel, self.audio_config)
 
 
 @dataclass

@@ -35,10 +35,15 @@ from ttsbench.metrics.summary import (
     time_to,
 )
 from ttsbench.report import peer, plots
+from ttsbench.options import VOCODERS
 from ttsbench.results import RunStore
-from ttsbench.suite import REFERENCE_JOB, REFERENCE_VARIANT
-
-REFERENCE_VARIANTS = (REFERENCE_VARIANT, "vocoder-ceiling")
+from ttsbench.suite import (
+    CEILING_PREFIX,
+    OLD_CEILING_VARIANT,
+    REFERENCE_JOB,
+    REFERENCE_VARIANT,
+    is_reference_variant,
+)
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,10 @@ def summary_columns(thresholds: Mapping[str, float]) -> list[Column]:
                  corpus_rate("wer")),
         _quality("CER", "Whisper tiny.en character error rate, corpus rate", "cer", 3, corpus_rate("cer")),
         _quality("speaker sim", "cosine of speaker embeddings to the corpus speaker's recordings", "speaker_sim", 3),
-        _quality("MOS est.", "DNSMOS P.835 overall (no reference)", "dnsmos_ovrl", 2),
-        Column("RTF", "median real-time factor, acoustic model + Griffin-Lim (lower is faster)",
+        _quality("MOS", "DistillMOS naturalness estimate (no reference; SSL-distilled predictor)", "mos", 2),
+        _quality("DNSMOS", "DNSMOS P.835 overall (no reference; a noise-suppression model: second opinion)",
+                 "dnsmos_ovrl", 2),
+        Column("RTF", "median real-time factor, acoustic model + vocoder (lower is faster)",
                median_value("rtf/total")),
         Column("RTF acoustic", "median real-time factor of the acoustic model alone", median_value("rtf/acoustic")),
         Column("hard fails", "hard sentences cut by the length guard or stopped early",
@@ -145,11 +152,13 @@ def _format_interval(interval: Interval, digits: int) -> str:
 def summary_table(results: pd.DataFrame, thresholds: Mapping[str, float]) -> tuple[list[Column], list[dict[str, Any]]]:
     """Rows per variant: cells 'median (min–max across seeds)'; empty columns dropped."""
     columns = summary_columns(thresholds)
-    variants = [v for v in results["variant"].drop_duplicates() if v not in REFERENCE_VARIANTS]
-    variants += [v for v in REFERENCE_VARIANTS if v in set(results["variant"])]
+    present = list(results["variant"].drop_duplicates())
+    variants = [v for v in present if not is_reference_variant(v)]
+    variants += [v for v in present if v == REFERENCE_VARIANT] + [v for v in present
+                                                                    if is_reference_variant(v) and v != REFERENCE_VARIANT]
     rows = []
     for variant in variants:
-        reference = variant in REFERENCE_VARIANTS
+        reference = is_reference_variant(variant)
         variant_rows = results[results["variant"] == variant]
         cells = {}
         for column in columns:
@@ -159,20 +168,29 @@ def summary_table(results: pd.DataFrame, thresholds: Mapping[str, float]) -> tup
             cells[column.title] = _format(per_seed(results, variant, column.quantity), column.digits)
             if column.interval is not None and cells[column.title]:
                 cells[column.title] += _format_interval(column.interval(variant_rows), column.digits)
-        rows.append({"variant": variant, "system": variant_rows["system"].iloc[0],
+        rows.append({"variant": variant, "system": variant_rows["system"].iloc[0], "vocoder": _vocoder(variant_rows),
                      "seeds": int(variant_rows["seed"].nunique()), "reference": reference, "cells": cells})
     kept = [c for c in columns if any(r["cells"][c.title] for r in rows)]
     rows = [r for r in rows if not r["reference"] or any(r["cells"][c.title] for c in kept)]
     return kept, rows
 
 
+def _vocoder(rows: pd.DataFrame) -> str:
+    """The vocoder a variant's audio went through ("-" for the recordings; Griffin-Lim in runs
+    made before vocoders were recorded, the only one there was)."""
+    if rows["variant"].iloc[0] == REFERENCE_VARIANT:
+        return "-"
+    named = rows["vocoder"].dropna().unique() if "vocoder" in rows else []
+    return ", ".join(sorted(named)) if len(named) else "griffin-lim"
+
+
 def markdown_summary(columns: list[Column], rows: list[dict[str, Any]], keep: tuple[str, ...]) -> str:
     """The summary table as Markdown (for the README), with the chosen columns."""
     chosen = [c for c in columns if c.title in keep]
-    lines = ["| system | seeds | " + " | ".join(c.title for c in chosen) + " |",
-             "|---|---|" + "---|" * len(chosen)]
+    lines = ["| system | vocoder | seeds | " + " | ".join(c.title for c in chosen) + " |",
+             "|---|---|---|" + "---|" * len(chosen)]
     for row in rows:
-        lines.append(f"| {row['variant']} | {row['seeds'] if not row['reference'] else '-'} | "
+        lines.append(f"| {row['variant']} | {row['vocoder']} | {row['seeds'] if not row['reference'] else '-'} | "
                      + " | ".join(row["cells"][c.title] or "-" for c in chosen) + " |")
     return "\n".join(lines)
 
@@ -233,15 +251,18 @@ def _spectrogram_uri(path: Path, title: str) -> str:
 
 
 def sample_players(store: RunStore, jobs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per test utterance kept: the recording, the vocoder ceiling, then every system."""
+    """Per test utterance kept: the recording, its copy through each vocoder, then every system."""
     reference = store.job_folder(REFERENCE_JOB)
     suffix = ".recording.wav"
     utterances = sorted(p.name[: -len(suffix)] for p in reference.samples.glob(f"*{suffix}"))
+    ceilings = [name for name in VOCODERS if any(reference.samples.glob(f"*.{name}.wav"))]
     groups = []
     for utt in utterances:
         text_path = reference.sample_text(utt)
         entries = [("recording", reference.sample(utt, "recording")),
-                   ("vocoder ceiling (Griffin-Lim of the recording's mel)", reference.sample(utt, "vocoder"))]
+                   (f"{OLD_CEILING_VARIANT} (Griffin-Lim of the recording's mel)", reference.sample(utt, "vocoder"))]
+        entries += [(f"{CEILING_PREFIX}{name} (the recording's mel through it)", reference.sample(utt, name))
+                    for name in ceilings]
         entries += [(variant, store.job_folder(job).sample(utt)) for variant, job in _first_jobs(jobs).items()]
         players = [{"label": label, "audio": _audio_uri(path), "spectrogram": _spectrogram_uri(path, label[:40])}
                    for label, path in entries if path.is_file()]
@@ -370,7 +391,7 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
 
 
 README_COLUMNS = ("intelligible s", "intelligible step", "align s", "align step", "steps", "train min", "parameters",
-                  "MCD dB", "WER", "CER", "speaker sim", "RTF", "hard fails")
+                  "MCD dB", "PESQ", "WER", "CER", "speaker sim", "MOS", "RTF", "hard fails")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
