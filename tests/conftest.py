@@ -27,3 +27,15 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def embedded_corpus() -> Corpus:
     return load_corpus("embedded")
+
+
+@pytest.fixture
+def network_off(monkeypatch):
+    """Every socket connection fails, as on a machine without a network: models must load offline."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in a test with the network off")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
