@@ -243,3 +243,122 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_kept(monkeypatch, ca
     assert "unexpected ZeroDivisionError: division by zero" in output and "re-run with --debug" in output
     kept = Path(output.split("traceback in ")[1].split(",")[0])
     assert "Traceback" in kept.read_text("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing a user owns is overwritten; hostile or out-of-range input is refused up front
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_corpus_make_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    mine = Path(shutil.copytree(embedded_corpus_path(), tmp_path / "mycorpus"))
+    before = _tree(mine)
+    code, output = run(capsys, "corpus", "make", "digits", "--count", "7", "--out", str(mine), "--quiet")
+    assert_refused(code, output, f"--out {mine}: holds files that `ttsbench corpus make` did not write")
+    assert _tree(mine) == before
+
+
+def test_train_refuses_a_folder_that_is_not_a_training_run(tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "val.jsonl").write_text('{"step": 1}\n')
+    (theirs / "log.jsonl").write_text('{"their": "log"}\n')
+    before = _tree(theirs)
+    code, output = run(capsys, "train", "glow-tts", "--steps", "1", "--quiet", "--out", str(theirs))
+    assert_refused(code, output, "log.jsonl, val.jsonl but no ttsbench training run (no config.json)")
+    assert _tree(theirs) == before
+
+
+def test_run_refuses_a_foreign_folder_and_another_suite_file_of_the_same_name(tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    code, output = run(capsys, "run", str(_suite(tmp_path, "a")), "--out", str(theirs))
+    assert_refused(code, output, "holds files but no ttsbench run (no run.json)")
+    assert _tree(theirs) == {"notes.txt": b"mine"}
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (out / "run.json").write_text(json.dumps({"run_id": "a-1", "suite": "a", "created": 0,
+                                              "suite_file": str(other / "a.yaml")}))
+    before = _tree(out)
+    code, output = run(capsys, "run", str(_suite(tmp_path, "a")), "--out", str(out))
+    assert_refused(code, output, f"holds a run of the suite file {other / 'a.yaml'}, not {tmp_path / 'a.yaml'}")
+    assert _tree(out) == before
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
+    suite = _suite(tmp_path, "a").read_text("utf-8").replace("corpus: embedded", f"corpus: {tmp_path / 'none'}")
+    (tmp_path / "a.yaml").write_text(suite)
+    code, output = run(capsys, "run", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "new" / "run"))
+    assert code == 2 and "Traceback" not in output, output
+    assert not (tmp_path / "new" / "run").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")) + "systems: *g\n",
+     "YAML aliases expand to more than 100,000 values"),
+    ("systems: &s\n  - *s\n", "suite.yaml:1: a YAML alias refers to its own value"),
+    ("seeds: !!python/tuple [0, 1]\nsystems:\n  - {system: glow-tts}\n", "suite.yaml:1: YAML tag"),
+    ("price_per_hour: .nan\nsystems:\n  - {system: glow-tts}\n", "price_per_hour: expected a finite number >= 0"),
+    ("seeds: [1180591620717411303424]\nsystems:\n  - {system: glow-tts}\n",
+     "seeds[0]: expected an integer from 0 to 4,294,967,295"),
+])
+def test_hostile_or_out_of_range_suites_are_refused_with_their_line(text, message, tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(text)
+    code, output = run(capsys, "run", str(suite), "--out", str(tmp_path / "out"))
+    assert_refused(code, output, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from ttsbench.fileio import FILE_MODE, atomic_write_json
+
+    atomic_write_json(tmp_path / "results.json", {"a": 1})
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == FILE_MODE
+    assert FILE_MODE & 0o044  # under the usual umask 022, others and the group can read
+
+
+@pytest.mark.parametrize(("text", "output", "message"), [
+    ("", "x.wav", "nothing to speak"),
+    ("?!...", "x.wav", "nothing to speak"),
+    ("three \U0001f600", "x.wav", "cannot be spoken"),
+    ("three", "x.txt", "name a .wav file"),
+    ("three", "/proc/x.wav", "cannot write in /proc"),
+])
+def test_synth_refuses_unspeakable_text_and_unwritable_output_before_synthesis(text, output, message, glow_checkpoint,
+                                                                               tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, printed = run(capsys, "synth", str(glow_checkpoint), text, "-o", output)
+    assert_refused(code, printed, message)
+    assert "acoustic model" not in printed
+
+
+def test_score_says_when_nothing_could_be_scored_and_counts_long_lists(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    ref, syn = tmp_path / "ref", tmp_path / "syn"
+    ref.mkdir(), syn.mkdir()
+    for i in range(12):
+        sf.write(ref / f"u{i:02d}.wav", np.zeros(16000, dtype=np.float32), 16000)
+    code, output = run(capsys, "score", "--ref", str(ref), "--syn", str(syn), "--out", str(tmp_path / "s.csv"))
+    assert code == 2 and "12 file(s): u00, u01" in output and "(2 more)" in output, output
+    for i in range(12):
+        sf.write(syn / f"u{i:02d}.wav", np.zeros(100, dtype=np.float32), 16000)  # too short to analyse
+    code, output = run(capsys, "score", "--ref", str(ref), "--syn", str(syn), "--metrics", "mcd",
+                       "--out", str(tmp_path / "s.csv"))
+    assert code == 2 and "none of the 12 syntheses could be scored" in output and "2 more not scored" in output
+    code, output = run(capsys, "score", "--ref", str(ref), "--syn", str(syn), "--metrics", ",", "--out", "s.csv")
+    assert_refused(code, output, "--metrics ',': names no metric")
+    (syn / "u00.wav").write_text("not audio")
+    code, output = run(capsys, "score", "--ref", str(ref), "--syn", str(syn), "--metrics", "mcd",
+                       "--out", str(tmp_path / "s.csv"))
+    assert_refused(code, output, f"{syn / 'u00.wav'}: not readable audio")

@@ -144,7 +144,7 @@ def test_a_quality_target_in_the_budget_is_parsed_checked_and_hashed(tmp_path):
         "{until: {wer: 0.2}}": "suite.yaml:3: budget: a budget needs steps, minutes or both",
         "{steps: 9, until: {mcd: 8}}": "budget.until.mcd: mcd is not scored during training: add it to validation.metrics",
         "{steps: 9, until: {wr: 0.2}}": "budget.until.wr: not a validation measure",
-        "{steps: 9, until: {wer: low}}": "budget.until.wer: expected a number",
+        "{steps: 9, until: {wer: low}}": "budget.until.wer: expected a finite number, got 'low'",
         "{steps: 9, until: {wer: 0.2}, consecutive: 0}": "budget.consecutive: expected an integer >= 1",
     }
     for budget, message in problems.items():
@@ -184,6 +184,31 @@ def test_store_replaces_a_jobs_rows_instead_of_duplicating(tmp_path):
     assert store.is_done("glow_seed0", "abc") and not store.is_done("glow_seed2", "abc")
     with pytest.raises(ValueError, match="use a new --out folder"):
         store.is_done("glow_seed0", "def")
+
+
+def test_missing_torn_or_edited_rows_make_a_done_job_pending(tmp_path):
+    store = store_with_run(tmp_path)
+    rows = [{"metric": "eval/mcd", "value": float(v), "item": f"u{v}"} for v in range(5)]
+    store.record(JOB, "finished", rows)
+    lines = store.results_path.read_text("utf-8").splitlines(keepends=True)
+    assert RunStore(store.root).is_done(JOB["id"], "abc")
+    for damage in ("".join(lines[:3]), "", lines[0].replace("0.0", "7.0") + "".join(lines[1:])):
+        store.results_path.write_text(damage, "utf-8")
+        fresh = RunStore(store.root)
+        fresh.results()
+        assert not fresh.is_done(JOB["id"], "abc"), damage
+        assert fresh.incomplete[0].startswith(f"{JOB['id']}: ") and "it runs again" in fresh.incomplete[0]
+    store.results_path.unlink()  # a deleted results file: the same
+    assert not RunStore(store.root).is_done(JOB["id"], "abc")
+
+
+def test_a_failed_retry_keeps_the_rows_an_earlier_attempt_stored(tmp_path):
+    store = store_with_run(tmp_path)
+    store.record(JOB, "finished", [{"metric": "eval/mcd", "value": 5.0}, {"metric": "eval/wer", "value": 0.1}])
+    before = store.results_path.read_bytes()
+    store.record(JOB, "failed", [], error="the corpus changed")
+    assert store.results_path.read_bytes() == before
+    assert store.jobs()[JOB["id"]]["state"] == "failed" and store.jobs()[JOB["id"]]["rows"] == 2
 
 
 def test_store_keeps_nan_and_inf_readable(tmp_path):

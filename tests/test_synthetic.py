@@ -103,7 +103,7 @@ def test_resume_after_a_kill_keeps_finished_wavs(digits_corpus: Path, tmp_path: 
     assert {p.name: p.stat().st_mtime_ns for p in (copy / "wavs").glob("*.wav") if p.name in kept} == kept
     assert (copy / "metadata.csv").read_bytes() == (digits_corpus / "metadata.csv").read_bytes()
     assert not list((copy / "wavs").glob(".*.tmp"))
-    with pytest.raises(ValueError, match="different corpus"):
+    with pytest.raises(ValueError, match="different generated corpus"):
         make_corpus(CorpusSpec("digits", COUNT, seed=1), copy, progress=False)
 
 

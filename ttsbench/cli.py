@@ -22,24 +22,36 @@ from pathlib import Path
 from ttsbench.cachedir import cache_root
 from ttsbench.errors import UserError, first_line
 from ttsbench.forkserver import start_early
-from ttsbench.options import CORPUS_KINDS, DEFAULT_VOCODER, DEVICES, EMBEDDED, EXECUTOR_TYPES, PRESETS, VOCODERS
+from ttsbench.options import (
+    CORPUS_KINDS,
+    DEFAULT_VOCODER,
+    DEVICES,
+    EMBEDDED,
+    EXECUTOR_TYPES,
+    MAX_SEED,
+    PRESETS,
+    VOCODERS,
+)
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= minimum, so `--steps 0` is refused before any work."""
+def _at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum (and <= maximum), so `--steps 0` is refused
+    before any work."""
     def parse(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+        if number < minimum or (maximum is not None and number > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum:,}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {number}")
         return number
     parse.__name__ = f"integer >= {minimum}"
     return parse
 
 
 _positive, _non_negative = _at_least(1), _at_least(0)
+_seed = _at_least(0, MAX_SEED)
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +79,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     make.add_argument("kind", choices=CORPUS_KINDS, help="spoken digit strings, or LJSpeech sentences")
     make.add_argument("--out", required=True, help="the folder to write (a killed run continues there)")
     make.add_argument("--count", type=_positive, help="utterances in all (default 600)")
-    make.add_argument("--seed", type=_non_negative, default=0, help="seeds the texts (default 0)")
+    make.add_argument("--seed", type=_seed, default=0, help="seeds the texts (default 0)")
     make.add_argument("--min-chars", type=_positive, default=20, help="lj-text: shortest sentence (default 20)")
     make.add_argument("--max-chars", type=_positive, default=90, help="lj-text: longest sentence (default 90)")
     make.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,7 +96,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--preset", choices=PRESETS, default="tiny")
     tr.add_argument("--corpus", default=EMBEDDED, help="LJSpeech-format folder, or 'embedded' (default)")
     tr.add_argument("--steps", type=_positive, default=500)
-    tr.add_argument("--seed", type=_non_negative, default=0)
+    tr.add_argument("--seed", type=_seed, default=0)
     tr.add_argument("--device", default="auto", choices=DEVICES)
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (YAML value)")
     tr.add_argument("--log-every", type=_positive, default=1)

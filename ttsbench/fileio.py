@@ -16,15 +16,30 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    """The process's umask (read once: setting it to read it is not thread-safe later on)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file: others can read results
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path next to `path`; renamed onto `path` only if the block succeeds."""
+    """Yields a temporary path next to `path`; renamed onto `path` only if the block succeeds.
+
+    The file gets the umask's mode, as a plain open() would (mkstemp makes it private, which
+    left results, checkpoints and feature packs unreadable to the other users of a shared run
+    folder or cache)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except FileNotFoundError:  # the folder is made on first use, not checked on every write
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         yield Path(tmp)

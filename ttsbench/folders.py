@@ -11,7 +11,7 @@ files through `TrainFolder`, so a name is spelled once:
   checkpoint.pt    the latest checkpoint
   result.json      the final state (finished or diverged)
   alignments/step_00000600.npz   teacher-forced validation alignments per validation step
-  samples/ID.wav, ID.txt         kept synthesis (the reference job: ID.recording.wav, ID.vocoder.wav)
+  samples/ID.wav, ID.txt         kept synthesis (the reference job: ID.recording.wav, ID.VOCODER.wav)
   attempts.jsonl   one line per start of a suite job (host, pid, time)
 """
 
@@ -68,6 +68,11 @@ class TrainFolder:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
+
+    def foreign_files(self) -> list[str]:
+        """Everything in the folder but a suite job's attempts.jsonl (written before training
+        starts): in a folder without config.json, these are somebody else's files."""
+        return sorted(p.name for p in self.root.iterdir() if p.name != self.attempts.name)
 
     def alignment_path(self, step: int) -> Path:
         return self.alignments / f"{ALIGNMENT_PREFIX}{step:08d}.npz"

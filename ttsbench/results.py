@@ -8,8 +8,10 @@ RUNDIR/
                   seconds, item (an utterance or sentence id, or "" for a per-run number), text
                   (the ASR hypothesis on eval/wer rows, else null), vocoder (what the job's audio
                   went through; null for the recordings and in runs made before vocoders)
-  jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error;
-                  re-running skips finished and diverged jobs and tries failed ones again
+  jobs.json       job id -> state (finished | diverged | failed), config hash, attempts, error,
+                  and the count and digest of its rows; re-running skips finished and diverged
+                  jobs whose rows are all there unchanged, and runs the others again (a failed
+                  retry keeps the rows an earlier attempt stored)
   jobs/JOB/       the trainer's folder (log, val curve, checkpoint, alignments) and samples/
 
 Nothing is written into an existing folder before `check_compatible` has passed: a folder
@@ -25,7 +27,9 @@ replaced, never appended twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -57,6 +61,9 @@ class RunStore:
         self.skip_damaged = skip_damaged
         self.damaged: list[str] = []
         self._row_counts: Counter[str] = Counter()  # readable rows per job, as of the last read
+        self._digests: dict[str, str] = {}  # per job, the digest of its readable rows
+        self.incomplete: list[str] = []  # done jobs whose stored rows are missing or changed: run again
+        self._rows_read = False
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -94,10 +101,15 @@ class RunStore:
         """Refuse, writing nothing, a folder that holds another suite's run, a job whose config
         changed since it ran, or damaged results (unless skip_damaged)."""
         if self.run_path.is_file():
-            stored = json.loads(self.run_path.read_text("utf-8")).get("suite")
+            run = json.loads(self.run_path.read_text("utf-8"))
+            stored = run.get("suite")
             if stored != suite.get("name"):
                 raise RunStoreError(f"{self.root} holds a run of suite {stored!r}, not {suite.get('name')!r}; "
                                     "use a new --out folder (nothing was written)")
+            file = _suite_file(suite)
+            if run.get("suite_file") not in (None, file):  # runs made before the file was recorded: None
+                raise RunStoreError(f"{self.root} holds a run of the suite file {run['suite_file']}, not {file} "
+                                    f"(both are named {stored!r}); use a new --out folder (nothing was written)")
         stored_jobs = self.jobs()
         for job in jobs:
             entry = stored_jobs.get(job["id"])
@@ -119,7 +131,8 @@ class RunStore:
             return self.run_id
         run_id = f"{suite.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         atomic_write_json(self.environment_path, dict(environment))
-        atomic_write_json(self.run_path, {"run_id": run_id, "suite": suite.get("name"), "created": time.time()})
+        atomic_write_json(self.run_path, {"run_id": run_id, "suite": suite.get("name"), "suite_file": _suite_file(suite),
+                                           "created": time.time()})
         return run_id
 
     @property
@@ -140,9 +153,23 @@ class RunStore:
                 f"job {job_id} in {self.root} was run with config {entry['config_hash']}, the suite now gives "
                 f"{config_hash}; use a new --out folder"
             )
-        if self.damaged and entry.get("rows") is not None and self._row_counts.get(job_id, 0) != entry["rows"]:
+        if entry["state"] not in DONE_STATES:
             return False
-        return entry["state"] in DONE_STATES
+        if (problem := self._rows_problem(job_id, entry)) is not None:
+            self.incomplete.append(f"{job_id}: {problem} in {self.results_path}; it runs again")
+            return False
+        return True
+
+    def _rows_problem(self, job_id: str, entry: Mapping[str, Any]) -> str | None:
+        """What is wrong with a done job's stored rows (None: all there, unchanged since recorded)."""
+        if not self._rows_read:
+            self._read_rows()
+        have = self._row_counts.get(job_id, 0)
+        if entry.get("rows") is not None and have != entry["rows"]:
+            return f"{have} of its {entry['rows']} rows are readable"
+        if entry.get("digest") is not None and self._digests.get(job_id) != entry["digest"]:
+            return "its rows changed since they were recorded"
+        return None
 
     def record(self, job: Mapping[str, Any], state: str, rows: Iterable[Mapping[str, Any]], **info: Any) -> None:
         """Store a job's rows and its final state: rows of an earlier attempt of this job are replaced."""
@@ -156,17 +183,22 @@ class RunStore:
             missing = [c for c in ("metric", "value") if c not in row]
             if missing:
                 raise ValueError(f"result row of job {job['id']} lacks {', '.join(missing)}: {row}")
-        kept = [r for r in self._read_rows() if r["job"] != job["id"]]
-        atomic_write_jsonl(self.results_path, [_clean(r) for r in kept + new])
+        rows = self._read_rows()
+        if state == "failed":  # a failed retry keeps the rows an earlier attempt stored
+            new = [r for r in rows if r["job"] == job["id"]]
+        cleaned = [_clean(r) for r in new]
+        atomic_write_jsonl(self.results_path, [_clean(r) for r in rows if r["job"] != job["id"]] + cleaned)
         jobs = self.jobs()
         jobs[job["id"]] = {"state": state, "config_hash": job["config_hash"], "system": job["system"],
-                           "variant": job["variant"], "seed": job["seed"], "rows": len(new), **info}
+                           "variant": job["variant"], "seed": job["seed"], "rows": len(new),
+                           "digest": _rows_digest(cleaned), **info}
         atomic_write_json(self.jobs_path, jobs)
 
     # ---- reading -------------------------------------------------------------------------------
     def _read_rows(self) -> list[dict[str, Any]]:
         """Every readable row; a torn last line is left out, any other damaged line is named."""
         if not self.results_path.is_file():
+            self._rows_read, self._row_counts, self._digests = True, Counter(), {}
             return []
         text = self.results_path.read_text("utf-8", errors="replace")
         lines = text.split("\n")
@@ -181,7 +213,9 @@ class RunStore:
             elif not (index == last and not text.endswith("\n")):  # a torn last line: a crash mid-write
                 damaged.append(f"{self.results_path}:{index + 1}: damaged row: {problem}")
         self.damaged = damaged
+        self._rows_read = True
         self._row_counts = Counter(row["job"] for row in rows)
+        self._digests = {job: _rows_digest([_clean(r) for r in rows if r["job"] == job]) for job in self._row_counts}
         if damaged and not self.skip_damaged:
             raise RunStoreError("\n".join(damaged + [
                 "fix or delete the line(s) named, or pass --skip-damaged (`ttsbench report` then leaves them "
@@ -193,6 +227,19 @@ class RunStore:
         frame = pd.DataFrame(self._read_rows(), columns=list(COLUMNS))
         frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
         return frame
+
+
+def _rows_digest(rows: Iterable[Mapping[str, Any]]) -> str:
+    """A digest of a job's rows as stored, so an edited or mixed-up results file is noticed."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def _suite_file(suite: Mapping[str, Any]) -> str | None:
+    """The suite's file, resolved: two files that share a `name` are still two suites."""
+    return os.path.realpath(suite["path"]) if suite.get("path") else None
 
 
 def _parse_row(line: str) -> tuple[dict[str, Any], str | None]:

@@ -56,17 +56,22 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
     spec = executor or suite.executor
     runner = make_executor(spec)
     store = RunStore(out, skip_damaged=skip_damaged)
-    if store.root.exists() and not store.root.is_dir():
-        raise RunStoreError(f"--out {store.root}: exists and is not a folder")
-    store.root.mkdir(parents=True, exist_ok=True)
+    created = _claim_folder(store.root)
+    had_lock = (store.root / ".lock").exists()
     with _locked(store.root):
         with Workers(progress=progress) as workers:  # the pool ends before the first job starts
             jobs = suite.jobs()
-            store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
-            pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
-            prepared = prepare_suite_corpus(suite, job_features(pending), workers)
+            try:
+                store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
+                pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
+                prepared = prepare_suite_corpus(suite, job_features(pending), workers)
+            except UserError:  # a refused run leaves the folder as it found it (or no folder)
+                _undo_claim(store.root, created, had_lock)
+                raise
             for line in store.damaged:
                 log(f"skipped: {line}")
+            for line in store.incomplete:
+                log(f"rows missing: {line}")
             store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
             if pending:
                 log(f"{suite.name}: {prepared}")
@@ -86,6 +91,33 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
 
         runner.run(pending, suite.to_dict(), str(store.root), report, progress)
         return RunSummary(len(jobs), len(jobs) - len(pending), states)
+
+
+def _claim_folder(root: Path) -> bool:
+    """Check that `--out` is a run folder, a new one or an empty one; make it; True if made here.
+
+    A folder holding anything else is the user's and is refused before anything is written in it."""
+    if root.exists() and not root.is_dir():
+        raise RunStoreError(f"--out {root}: exists and is not a folder")
+    if root.is_dir():
+        foreign = {p.name for p in root.iterdir()} - {".lock"}
+        if foreign and not (root / "run.json").is_file():
+            raise RunStoreError(f"--out {root}: holds files but no ttsbench run (no run.json); name a new or empty "
+                                "folder (nothing was written)")
+        return False
+    root.mkdir(parents=True)
+    return True
+
+
+def _undo_claim(root: Path, created: bool, had_lock: bool) -> None:
+    """After a refusal: drop the lock file if this run made it, and the folder if it made that."""
+    if not had_lock:
+        (root / ".lock").unlink(missing_ok=True)
+    if created:
+        try:
+            root.rmdir()
+        except OSError:  # something else appeared in it: leave it
+            pass
 
 
 class _locked:

@@ -69,7 +69,7 @@ from ttsbench.claims import CLAIMS
 from ttsbench.errors import UserError
 from ttsbench.metrics.alignment import load_hard_sentences
 from ttsbench.metrics.quality import METRICS
-from ttsbench.options import CORPUS_KINDS, DEFAULT_VOCODER, DEVICES, EXECUTOR_TYPES, PRESETS, VOCODERS
+from ttsbench.options import CORPUS_KINDS, DEFAULT_VOCODER, DEVICES, EXECUTOR_TYPES, MAX_SEED, PRESETS, VOCODERS
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, CorpusSpec, cached_corpus, corpus_cache_path
 
 # Measures every validation gives besides the quality metrics of `validation.metrics`.
@@ -310,22 +310,56 @@ def _hash(data: Any) -> str:
 # Loading with line numbers
 
 
-def _plain(node: yaml.Node, path: tuple, lines: dict[tuple, int], duplicates: list[tuple]) -> Any:
-    """YAML node -> plain Python, recording the line of every key path (1-based) and every key
-    that repeats in its mapping (plain YAML loading would keep the last one silently)."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+MAX_YAML_VALUES = 100_000  # a suite has hundreds; aliases that expand past this are a "billion laughs"
+
+
+class _YAMLReader:
+    """YAML nodes -> plain Python, recording the line of every key path (1-based) and every key
+    that repeats in its mapping (plain YAML loading would keep the last one silently).
+
+    Aliases are expanded with a bound on the values produced and refused when they refer to
+    themselves, so a hostile suite costs at most MAX_YAML_VALUES values, not the machine."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.lines: dict[tuple, int] = {}
+        self.duplicates: list[tuple] = []
+        self.values = 0
+        self.open: set[int] = set()  # ids of the collection nodes being expanded
+
+    def plain(self, node: yaml.Node, path: tuple) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        self.values += 1
+        if self.values > MAX_YAML_VALUES:
+            raise SuiteError([f"{self.file}:{node.start_mark.line + 1}: YAML aliases expand to more than "
+                              f"{MAX_YAML_VALUES:,} values; write the values out"])
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return yaml.safe_load(yaml.serialize(node))
+        if id(node) in self.open:
+            raise SuiteError([f"{self.file}:{node.start_mark.line + 1}: a YAML alias refers to its own value"])
+        self.open.add(id(node))
+        try:
+            return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else [
+                self.plain(item, path + (i,)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple) -> dict:
         out = {}
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
             if key in out:
-                duplicates.append(path + (key,))
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _plain(value_node, path + (key,), lines, duplicates)
+                self.duplicates.append(path + (key,))
+            self.lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = self.plain(value_node, path + (key,))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain(item, path + (i,), lines, duplicates) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+
+
+def _explicit_tags(text: str, file: Path) -> list[str]:
+    """Every explicit YAML tag (`!!python/object`, `!custom`, ...): a suite is plain data, and
+    a tag would otherwise be dropped without a word."""
+    return [f"{file}:{event.start_mark.line + 1}: YAML tag {event.tag!r} is not allowed in a suite (plain values only)"
+            for event in yaml.parse(text) if getattr(event, "tag", None) is not None]
 
 
 class _Checker:
@@ -354,15 +388,19 @@ class _Checker:
                 self.add(where + (key,), f"unknown key (allowed: {', '.join(allowed)})")
         return value
 
-    def number(self, value: Any, where: tuple, kind: type, minimum: float, optional: bool = False) -> Any:
+    def number(self, value: Any, where: tuple, kind: type, minimum: float, optional: bool = False,
+               maximum: float = math.inf) -> Any:
+        """`value` as `kind` if it is a finite number in [minimum, maximum]; else a problem."""
         if value is None and optional:
             return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
         if kind is int:
-            ok = ok and float(value).is_integer()
-        if not ok or value < minimum:
-            what = "an integer" if kind is int else "a number"
-            self.add(where, f"expected {what} >= {minimum}, got {value!r}")
+            ok = ok and (isinstance(value, int) or value.is_integer())
+        if not ok or not minimum <= value <= maximum:
+            what = "an integer" if kind is int else "a finite number"
+            bound = "" if minimum == -math.inf else f" >= {minimum}" if maximum == math.inf else \
+                f" from {minimum} to {maximum:,}"
+            self.add(where, f"expected {what}{bound}, got {value!r}")
             return None
         return kind(value)
 
@@ -461,10 +499,11 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int], list[tuple]]:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise SuiteError([f"{path}:{line}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
-    lines: dict[tuple, int] = {}
-    duplicates: list[tuple] = []
-    raw = _plain(node, (), lines, duplicates) if node is not None else {}
-    return raw, lines, duplicates
+    if tags := _explicit_tags(text, path):
+        raise SuiteError(tags)
+    reader = _YAMLReader(path)
+    raw = reader.plain(node, ()) if node is not None else {}
+    return raw, reader.lines, reader.duplicates
 
 
 def _run_settings(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -479,7 +518,7 @@ def _run_settings(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(seeds, list) or not seeds:
             check.add(("seeds",), "expected a non-empty list of integers")
         else:
-            parsed = [check.number(s, ("seeds", i), int, 0) for i, s in enumerate(seeds)]
+            parsed = [check.number(s, ("seeds", i), int, 0, maximum=MAX_SEED) for i, s in enumerate(seeds)]
             if len(set(parsed)) != len(parsed):
                 check.add(("seeds",), "seeds repeat")
             values["seeds"] = tuple(s for s in parsed if s is not None)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ttsbench.cachedir import cache_root
 from ttsbench.data import SPLITS, standard_split_sentences
-from ttsbench.errors import UserError
+from ttsbench.errors import OptionError, UserError
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_text
 from ttsbench.options import CORPUS_KINDS
 from ttsbench.text import TextProcessor, UnknownCharactersError
@@ -312,10 +312,17 @@ def make_corpus(spec: CorpusSpec, out: Path, progress: bool = True) -> Path:
 
 
 def _claim_folder(out: Path, key: str) -> None:
-    """Refuse to resume into a folder that holds a different corpus; drop torn temp files."""
+    """Refuse a folder that holds a different corpus, or anything not written here (a user's own
+    corpus must never be overwritten); drop torn temp files of a killed generation."""
     marker = out / ".corpus-key"
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out}: exists and is not a folder")
     if marker.is_file() and marker.read_text("utf-8").strip() != key:
-        raise ValueError(f"{out} holds a different corpus (key {marker.read_text('utf-8').strip()}, wanted {key})")
+        raise OptionError(f"--out {out}: holds a different generated corpus (key {marker.read_text('utf-8').strip()}, "
+                          f"wanted {key}); name a new folder (nothing was written)")
+    if not marker.is_file() and out.is_dir() and any(out.iterdir()):
+        raise OptionError(f"--out {out}: holds files that `ttsbench corpus make` did not write (no .corpus-key); "
+                          "name a new or empty folder (nothing was written)")
     if not marker.is_file():
         atomic_write_text(marker, key + "\n")
     for torn in (out / "wavs").glob(".*.tmp"):  # left by a SIGKILL inside atomic_path

@@ -521,6 +521,10 @@ class Trainer:
         """Refuse a folder of another system, config, seed or corpus before anything is written."""
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: exists and is not a folder")
+        if self.out.is_dir() and not self.folder.config.is_file() and (foreign := self.folder.foreign_files()):
+            raise UserError(f"--out {self.out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
+                            "but no ttsbench training run (no config.json); name a new or empty folder "
+                            "(nothing was written)")
         current = json.loads(json.dumps(
             {"system": self.model.name, "config": self.model.config.to_dict(), "seed": self.options.seed}))
         corpus = {"path": str(self.corpus.root), "digest": self.corpus.digest(), "utterances": len(self.corpus)}

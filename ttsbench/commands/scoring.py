@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import soundfile as sf
 import torch
 from tqdm.auto import tqdm
+from unidecode import unidecode
 
 from ttsbench import vocoders
 from ttsbench.audio import AudioConfig, read_mono, save_audio
 from ttsbench.data import AUDIO_SUFFIXES
-from ttsbench.errors import OptionError
+from ttsbench.errors import OptionError, first_line
 from ttsbench.metrics.quality import METRICS, resolve_metrics, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, summarise_rtf
@@ -27,9 +31,12 @@ from ttsbench.train import resolve_device
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    _check_output_wav(Path(args.output))
+    processor = TextProcessor()
+    _check_speakable(args.text, processor)
     device = resolve_device(args.device)
     model, checkpoint = load_checkpoint(args.checkpoint, device)
-    ids = TextProcessor().encode(args.text)
+    ids = processor.encode(args.text)
     started = time.perf_counter()
     synthesis = model.infer(torch.tensor(ids, dtype=torch.long, device=device))
     acoustic = time.perf_counter() - started
@@ -40,6 +47,29 @@ def cmd_synth(args: argparse.Namespace) -> int:
           f"{synthesis.num_frames} frames, acoustic model {acoustic:.2f} s, vocoder {voice.name}, "
           f"{'stopped by itself' if synthesis.stopped else 'CUT BY THE MAX-LENGTH GUARD'}")
     return 0
+
+
+def _check_output_wav(path: Path) -> None:
+    """Refuse an output that cannot be written before the synthesis is spent on it."""
+    if path.suffix.lower() != ".wav":
+        raise OptionError(f"-o {path}: name a .wav file (the audio is written as 16-bit PCM WAV)")
+    if path.is_dir():
+        raise OptionError(f"-o {path}: is a folder; name a .wav file")
+    parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    try:  # a real probe: permissions alone do not tell (root, read-only mounts, /proc)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise OptionError(f"-o {path}: cannot write in {parent} ({err.strerror or err})") from None
+
+
+def _check_speakable(text: str, processor: TextProcessor) -> None:
+    """Refuse text with nothing to say, or with characters that would be dropped without a word."""
+    dropped = sorted({c for c in text if not c.isspace() and not unidecode(c).strip()})
+    if dropped:
+        raise OptionError(f"text: {' '.join(dropped)!r} cannot be spoken (no ASCII reading); remove it")
+    if not any(c.isalnum() for c in processor.clean(text)):
+        raise OptionError(f"text {text!r}: nothing to speak (no letters or digits)")
 
 
 def _vocoder_for(name: str, mel_config: AudioConfig, device: str, system: str) -> vocoders.Vocoder:
@@ -85,6 +115,14 @@ def _audio_files(folder: str) -> dict[str, Path]:
     return {f.stem: f for f in sorted(root.iterdir()) if f.suffix.lower() in AUDIO_SUFFIXES}
 
 
+def _read_audio(path: Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """`read_mono`, with a file that is not audio named in one line."""
+    try:
+        return read_mono(path, sample_rate)
+    except sf.LibsndfileError as err:
+        raise OptionError(f"{path}: not readable audio ({first_line(err)})") from None
+
+
 def _read_texts(metadata: str) -> dict[str, str]:
     """id -> text of an LJSpeech-style `id|text[|normalized_text]` file (normalised text preferred)."""
     texts = {}
@@ -105,7 +143,9 @@ def _read_texts(metadata: str) -> dict[str, str]:
 def cmd_score(args: argparse.Namespace) -> int:
     references, syntheses = _audio_files(args.ref), _audio_files(args.syn)
     texts = _read_texts(args.text) if args.text else {}
-    requested = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    requested = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics is not None else None
+    if requested == []:
+        raise OptionError(f"--metrics {args.metrics!r}: names no metric; known: {', '.join(METRICS)}")
     try:
         names = resolve_metrics(requested, have_reference=True, have_text=bool(args.text))
     except (ValueError, KeyError) as err:
@@ -115,13 +155,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         if not references:
             print(f"error: no .wav or .flac files in {args.ref}", file=sys.stderr)
         if only_ref:
-            print(f"error: no synthesis in {args.syn} for: {', '.join(only_ref)}", file=sys.stderr)
+            print(f"error: no synthesis in {args.syn} for {_ids(only_ref)}", file=sys.stderr)
         if only_syn:
-            print(f"error: no reference in {args.ref} for: {', '.join(only_syn)}", file=sys.stderr)
+            print(f"error: no reference in {args.ref} for {_ids(only_syn)}", file=sys.stderr)
         return 2
     needs_text = any(METRICS[n].needs_text for n in names)
     if needs_text and (untexted := sorted(set(references) - set(texts))):
-        print(f"error: {args.text} has no text for: {', '.join(untexted)}", file=sys.stderr)
+        print(f"error: {args.text} has no text for {_ids(untexted)}", file=sys.stderr)
         return 2
     if requested is None and not args.text:
         print("note: no --text, so wer and cer are left out")
@@ -129,8 +169,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     speaker = SpeakerReference.of_files(references.values()) if "speaker_sim" in names else None
     rows, scores, failures = [], [], []
     for utt_id in tqdm(sorted(references), desc="score", unit="utt", disable=args.quiet):
-        reference, rate = read_mono(references[utt_id])
-        synthesis, _ = read_mono(syntheses[utt_id], rate)
+        reference, rate = _read_audio(references[utt_id])
+        synthesis, _ = _read_audio(syntheses[utt_id], rate)
         try:
             result = score(reference, synthesis, rate, texts.get(utt_id), names, speaker, utt_id)
         except ValueError as err:
@@ -149,9 +189,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     table.to_csv(args.out, index=False)
     _print_summary(f"{len(references)} pairs, {args.ref} (reference) vs {args.syn} (synthesis) -> {args.out}",
                    summary, scores)
-    for failure in failures:
+    for failure in failures[:LISTED]:
         print(f"not scored (nothing heard; other measures NaN): {failure}", file=sys.stderr)
+    if len(failures) > LISTED:
+        print(f"... and {len(failures) - LISTED} more not scored ({len(failures)} in all)", file=sys.stderr)
+    if len(failures) == len(references):
+        print(f"error: none of the {len(references)} syntheses could be scored", file=sys.stderr)
+        return 2
     return 0
+
+
+LISTED = 10  # ids named in one message; the rest are counted
+
+
+def _ids(ids: Sequence[str]) -> str:
+    """'N file(s): a, b, c' with at most LISTED ids named, so 500 missing files stay readable."""
+    named = ", ".join(ids[:LISTED]) + (f", ... ({len(ids) - LISTED} more)" if len(ids) > LISTED else "")
+    return f"{len(ids)} file(s): {named}"
 
 
 def _score_row(kind: str, utt_id: str, metric: str, value: float, n: int = 1, low: float | None = None,
