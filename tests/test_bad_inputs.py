@@ -362,3 +362,14 @@ def test_score_says_when_nothing_could_be_scored_and_counts_long_lists(tmp_path,
     code, output = run(capsys, "score", "--ref", str(ref), "--syn", str(syn), "--metrics", "mcd",
                        "--out", str(tmp_path / "s.csv"))
     assert_refused(code, output, f"{syn / 'u00.wav'}: not readable audio")
+
+
+def test_a_run_is_not_continued_on_a_corpus_whose_content_changed(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    stored = {"path": "/data/corpus", "digest": "0" * 24}
+    (out / "run.json").write_text(json.dumps({"run_id": "a-1", "suite": "a", "created": 0, "corpus": stored}))
+    before = _tree(out)
+    code, output = run(capsys, "run", str(_suite(tmp_path, "a")), "--out", str(out))
+    assert_refused(code, output, f"was run on corpus /data/corpus with content digest {'0' * 24}", "now has digest")
+    assert _tree(out) == before

@@ -1,7 +1,8 @@
 """The run store: every number a suite produces, as rows in one folder.
 
 RUNDIR/
-  run.json        run id, suite name, when it was made
+  run.json        run id, suite name and file, the corpus's path and content digest (a run
+                  is never continued on a changed corpus), when it was made
   suite.json      the suite as it was parsed (a resumed run must match it)
   environment.json  versions, device, threads, commit: what the numbers are valid for
   results.jsonl   rows: run_id, job, system, variant, seed, config_hash, metric, value, step,
@@ -119,7 +120,18 @@ class RunStore:
                     f"gives {job['config_hash']}; use a new --out folder (nothing was written)")
         self._read_rows()
 
-    def open(self, suite: Mapping[str, Any], environment: Mapping[str, Any]) -> str:
+    def check_corpus(self, corpus: Mapping[str, str]) -> None:
+        """Refuse, writing nothing, to add to a run made on a corpus whose content has changed
+        since: the report would pool numbers from two different data sets."""
+        stored = json.loads(self.run_path.read_text("utf-8")).get("corpus") if self.run_path.is_file() else None
+        if stored is not None and stored["digest"] != corpus["digest"]:
+            raise RunStoreError(
+                f"{self.root} was run on corpus {stored['path']} with content digest {stored['digest']}; "
+                f"{corpus['path']} now has digest {corpus['digest']} (its files or texts changed); "
+                "use a new --out folder (nothing was written)")
+
+    def open(self, suite: Mapping[str, Any], environment: Mapping[str, Any],
+             corpus: Mapping[str, str] | None = None) -> str:
         """Create the run folder, or reopen it to resume; returns the run id.
 
         Call `check_compatible` first. Whether a stored job still matches the suite is decided
@@ -132,7 +144,7 @@ class RunStore:
         run_id = f"{suite.get('name', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         atomic_write_json(self.environment_path, dict(environment))
         atomic_write_json(self.run_path, {"run_id": run_id, "suite": suite.get("name"), "suite_file": _suite_file(suite),
-                                           "created": time.time()})
+                                           "corpus": dict(corpus) if corpus else None, "created": time.time()})
         return run_id
 
     @property

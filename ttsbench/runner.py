@@ -23,6 +23,7 @@ import pandas
 import torch
 
 import ttsbench
+from ttsbench.data import Corpus
 from ttsbench.errors import RunStoreError, UserError
 from ttsbench.executors import make_executor
 from ttsbench.metrics.speed import environment
@@ -64,7 +65,9 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
             try:
                 store.check_compatible(suite.to_dict(), [job.to_dict() for job in jobs])
                 pending = [job for job in jobs if not store.is_done(job.id, job.config_hash)]
-                prepared = prepare_suite_corpus(suite, job_features(pending), workers)
+                corpus, prepared = prepare_suite_corpus(suite, job_features(pending), workers)
+                identity = {"path": str(corpus.root), "digest": corpus.digest()}
+                store.check_corpus(identity)
             except UserError:  # a refused run leaves the folder as it found it (or no folder)
                 _undo_claim(store.root, created, had_lock)
                 raise
@@ -72,7 +75,7 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
                 log(f"skipped: {line}")
             for line in store.incomplete:
                 log(f"rows missing: {line}")
-            store.open(suite.to_dict(), run_environment(suite.device, suite.threads))
+            store.open(suite.to_dict(), run_environment(suite.device, suite.threads), identity)
             if pending:
                 log(f"{suite.name}: {prepared}")
         log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
@@ -140,7 +143,7 @@ class _locked:
             self.handle.close()
 
 
-def prepare_suite_corpus(suite: Suite, requests: Requests, workers: Workers) -> PrepareSummary:
+def prepare_suite_corpus(suite: Suite, requests: Requests, workers: Workers) -> tuple[Corpus, PrepareSummary]:
     """Make a synthetic corpus if needed, then check it and compute the pending jobs' features
     before the first job, so a broken corpus fails once, naming every problem, instead of
     failing every job, and no job extracts features itself."""
@@ -148,7 +151,7 @@ def prepare_suite_corpus(suite: Suite, requests: Requests, workers: Workers) -> 
     if location != "embedded" and not Path(location).is_dir():
         raise UserError(f"{suite.path}: corpus {suite.corpus!r} is {location!r}, which is not a folder "
                         "(set the variable or edit the suite)")
-    return prepare_corpus(location, requests, workers)[1]
+    return prepare_corpus(location, requests, workers)
 
 
 def job_features(jobs: Sequence[Job]) -> Requests:
