@@ -373,3 +373,18 @@ def test_a_run_is_not_continued_on_a_corpus_whose_content_changed(tmp_path, caps
     code, output = run(capsys, "run", str(_suite(tmp_path, "a")), "--out", str(out))
     assert_refused(code, output, f"was run on corpus /data/corpus with content digest {'0' * 24}", "now has digest")
     assert _tree(out) == before
+
+
+def test_an_unusable_cache_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    cache_file = tmp_path / "cache-file"
+    cache_file.write_text("")
+    monkeypatch.setenv("TTSBENCH_CACHE", str(cache_file))
+    code, output = run(capsys, "data", "check")
+    assert_refused(code, output, f"TTSBENCH_CACHE {cache_file} is a file, not a folder")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "files.sqlite").write_text("not a database, just text " * 10)
+    monkeypatch.setenv("TTSBENCH_CACHE", str(damaged))
+    code, output = run(capsys, "data", "check")
+    assert_refused(code, output, f"{damaged / 'files.sqlite'}: the file index cannot be opened")
+    assert output.count("\n") == 1 and "unreadable audio" not in output

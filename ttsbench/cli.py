@@ -13,6 +13,7 @@ import gc
 import importlib
 import os
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -288,12 +289,19 @@ def _os_error_text(err: OSError) -> str:
 
 
 def _write_traceback(err: BaseException) -> Path:
-    """The traceback of an unexpected error, kept under the cache for a bug report."""
-    folder = cache_root() / "crashes"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"ttsbench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-    path.write_text("".join(traceback.format_exception(type(err), err, err.__traceback__)), "utf-8")
-    return path
+    """The traceback of an unexpected error, kept under the cache for a bug report (or in the
+    temporary folder when the cache itself is the problem: unusable, unwritable, full)."""
+    name = f"ttsbench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    for folder in (lambda: cache_root() / "crashes", lambda: Path(tempfile.gettempdir())):
+        try:
+            path = folder() / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
+            return path
+        except (OSError, UserError):
+            continue
+    return Path("(nowhere: no writable folder)")
 
 
 if __name__ == "__main__":

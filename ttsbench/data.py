@@ -430,6 +430,8 @@ def _audio_entry(wav_dir: Path, entry: Listed, min_seconds: float, max_seconds: 
         return [f"missing audio: {wav_dir / (entry.id + '.wav')} does not exist"]
     try:
         scan = _cached_scan(audio_path)
+    except UserError:  # the file index (the cache), not this file: one error, not one per clip
+        raise
     except Exception as err:  # noqa: BLE001 - soundfile raises several types for broken files
         return [f"unreadable audio {audio_path}: {str(err).strip()}"]
     if scan.declared_frames == 0:

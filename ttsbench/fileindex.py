@@ -68,7 +68,11 @@ class FileIndex:
             return self._connection
         if self._connection is not None:
             _INHERITED.append(self._connection)
-        self.database.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{self.database.parent}: the cache folder cannot be made ({err.strerror or err}); "
+                            "set TTSBENCH_CACHE to a writable folder") from None
         with self._failing("cannot be opened"):
             connection = sqlite3.connect(self.database, timeout=60, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
