@@ -81,6 +81,17 @@ def _payload(tmp: Path, good: Path) -> Path:
     return tmp / "evil.pt"
 
 
+def _edited(tmp: Path, good: Path, nan_weights: bool = False, hop_length: int | None = None) -> Path:
+    checkpoint = torch.load(good, weights_only=True)
+    if nan_weights:
+        name = next(k for k, v in checkpoint["model"].items() if v.is_floating_point())
+        checkpoint["model"][name] = torch.full_like(checkpoint["model"][name], float("nan"))
+    if hop_length is not None:
+        checkpoint["config"]["audio"]["hop_length"] = hop_length
+    torch.save(checkpoint, tmp / "edited.pt")
+    return tmp / "edited.pt"
+
+
 CHECKPOINT_CASES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "missing": (lambda tmp, good: tmp / "nothing.pt", "no such checkpoint"),
     "empty": (lambda tmp, good: (tmp / "empty.pt").touch() or tmp / "empty.pt", "empty file"),
@@ -89,6 +100,8 @@ CHECKPOINT_CASES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "not ttsbench": (_foreign, "not a ttsbench checkpoint (lacks system, config, model, step)"),
     "another system relabelled": (_relabelled, "its weights do not fit system 'tacotron-gradual'"),
     "pickle payload": (_payload, "refused: it holds Python objects"),
+    "NaN weights": (lambda tmp, good: _edited(tmp, good, nan_weights=True), "holds NaN or inf values"),
+    "hop_length 0": (lambda tmp, good: _edited(tmp, good, hop_length=0), "hop_length must be a positive integer"),
 }
 
 
@@ -123,6 +136,16 @@ OPTION_CASES = {
     "--retries -1": (["run", SMOKE, "--retries", "-1"], "--retries: must be at least 0"),
     "--parallel 0": (["run", SMOKE, "--parallel", "0"], "--parallel: must be at least 1"),
     "--repeats 0": (["speed", "x.pt", "--repeats", "0"], "--repeats: must be at least 1"),
+    "--seed 2^70": (["train", "glow-tts", "--seed", str(2**70)], "--seed: must be from 0 to 4,294,967,295"),
+    "--set batch_size=-1": (["train", "glow-tts", "--set", "batch_size=-1"], "batch_size must be at least 1, got -1"),
+    "--set learning_rate=.nan": (["train", "glow-tts", "--set", "learning_rate=.nan"],
+                                 "learning_rate must be a positive finite number, got nan"),
+    "--set audio=5": (["train", "glow-tts", "--set", "audio=5"], "audio needs a value of type AudioConfig, got 5"),
+    "--set a YAML tag": (["train", "glow-tts", "--set", "hidden_channels=!!python/object:os.system ls"],
+                         "hidden_channels: '!!python/object:os.system ls' is not a plain YAML value"),
+    "--set bad YAML": (["train", "glow-tts", "--set", "hidden_channels=[1,"], "is not a plain YAML value"),
+    "--set audio.hop_length=0": (["train", "glow-tts", "--set", "audio.hop_length=0"],
+                                 "audio.hop_length: hop_length must be a positive integer, got 0"),
 }
 
 
@@ -388,3 +411,77 @@ def test_an_unusable_cache_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     code, output = run(capsys, "data", "check")
     assert_refused(code, output, f"{damaged / 'files.sqlite'}: the file index cannot be opened")
     assert output.count("\n") == 1 and "unreadable audio" not in output
+
+
+def test_damaged_run_files_are_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"run_id": "a-1", "suite": "a", "created": 0}))
+    (out / "jobs.json").write_text("{broken")
+    code, output = run(capsys, "run", str(_suite(tmp_path, "a")), "--out", str(out))
+    assert_refused(code, output, f"{out / 'jobs.json'}: damaged, not JSON")
+    (tmp_path / "bench.json").write_text("not json")
+    code, output = run(capsys, "report", str(out), "--out", str(tmp_path / "rep"), "--benchmarks",
+                       str(tmp_path / "bench.json"))
+    assert code == 2 and "damaged" in output and "Traceback" not in output, output
+
+
+def test_data_check_refuses_texts_longer_than_their_audio_and_unusable_clips(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    corpus = Path(shutil.copytree(embedded_corpus_path(), tmp_path / "corpus"))
+    lines = (corpus / "metadata.csv").read_text("utf-8").splitlines()
+    first_id = lines[0].split("|")[0]
+    lines[0] = f"{first_id}|{'word ' * 40_000}|{'word ' * 40_000}"
+    (corpus / "metadata.csv").write_text("\n".join(lines) + "\n", "utf-8")
+    second_id, third_id = lines[1].split("|")[0], lines[2].split("|")[0]
+    (corpus / "wavs" / f"{second_id}.flac").unlink()
+    sf.write(corpus / "wavs" / f"{second_id}.wav", np.full(8000, 1.5, dtype=np.float32), 16000, subtype="FLOAT")
+    (corpus / "wavs" / f"{third_id}.flac").unlink()
+    sf.write(corpus / "wavs" / f"{third_id}.wav", 0.5 * np.sin(np.arange(1000) / 3.0), 1000)
+    code, output = run(capsys, "data", "check", str(corpus))
+    assert_refused(code, output, "metadata.csv:1: text of 199,999 characters for", "the limit is 40",
+                   "metadata.csv:2: over-range audio", "peaks at 1.50", "metadata.csv:3: sample rate too low")
+
+
+def test_score_refuses_files_too_long_to_align(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    ref, syn = tmp_path / "ref", tmp_path / "syn"
+    ref.mkdir(), syn.mkdir()
+    sf.write(ref / "long.wav", np.zeros(16000 * 61, dtype=np.float32), 16000)
+    sf.write(syn / "long.wav", np.zeros(16000, dtype=np.float32), 16000)
+    code, output = run(capsys, "score", "--ref", str(ref), "--syn", str(syn), "--out", str(tmp_path / "s.csv"))
+    assert_refused(code, output, f"{ref / 'long.wav'}: 61 s long", "at most 60 s")
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from ttsbench import train as train_module
+
+    def full_disk(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train_module.torch, "save", full_disk)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(100, 100, 0))
+    with pytest.raises(OSError) as caught:
+        train_module.atomic_torch_save({"a": 1}, tmp_path / "checkpoint.pt")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "checkpoint.pt")
+    assert not list(tmp_path.iterdir())  # the temporary file is gone
+    out = tmp_path / "run"
+    code, output = run(capsys, "train", "glow-tts", "--steps", "2", "--val-every", "0", "--quiet", "--out", str(out))
+    assert_refused(code, output, f"{out / 'checkpoint.pt'}: no space left on the device")
+
+
+def test_a_suite_name_that_is_not_plain_is_refused(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: '`x` | y'\nsystems:\n  - {system: glow-tts}\n")
+    code, output = run(capsys, "run", str(suite), "--out", str(tmp_path / "o"))
+    assert_refused(code, output, "s.yaml:1: name: suite name '`x` | y': use letters, digits")

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,14 @@ class AudioConfig:
     griffin_lim_power: float = 1.0
 
     def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.log_clamp) and self.log_clamp > 0):
+            raise ValueError(f"log_clamp must be a positive number, got {self.log_clamp!r}")
+        if not (math.isfinite(self.fmin) and 0 <= self.fmin < (self.fmax or self.sample_rate / 2)):
+            raise ValueError(f"fmin must be >= 0 and below fmax, got {self.fmin!r}")
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
         if self.fmax is not None and self.fmax > self.sample_rate / 2:

@@ -165,6 +165,8 @@ def _find_audio(wav_dir: Path, utt_id: str) -> Path | None:
 # Audio that loads but poisons training. -60 dBFS peak is ~33/32768 in 16-bit: hiss, not speech;
 # the quietest clips of real LJSpeech peak around -6 dBFS, so real quiet speech clears it widely.
 SILENCE_DBFS = -60.0
+MAX_CHARS_PER_SECOND = 40  # LJSpeech reads about 15; a text beyond this cannot be what the clip says
+MIN_SAMPLE_RATE = 8000  # telephone band: anything lower holds no intelligible speech
 _UTF8_BOM = b"\xef\xbb\xbf"
 _READ_BLOCK_FRAMES = 1 << 18  # ~12 s at 22.05 kHz: one read for an LJSpeech clip, bounded memory for a long file
 SCAN_FACT = "audio-scan-1"  # the file index's name for a `_scan_audio` result: bump when that changes
@@ -260,6 +262,12 @@ def _audio_defects(path: Path, scan: _AudioScan, min_seconds: float, max_seconds
         defects.append(f"silent audio: {path} is all zeros (peak -inf dBFS)")
     elif (level := 20.0 * float(np.log10(scan.peak))) < SILENCE_DBFS:
         defects.append(f"near-silent audio: {path} peaks at {level:.1f} dBFS (below {SILENCE_DBFS:g} dBFS)")
+    if scan.peak > 1.0 + 1e-6:
+        defects.append(f"over-range audio: {path} peaks at {scan.peak:.2f}, beyond full scale (1.0): float samples "
+                       "that clip when written, and a level no recording has")
+    if scan.sample_rate < MIN_SAMPLE_RATE:
+        defects.append(f"sample rate too low: {path} is {scan.sample_rate} Hz (at least {MIN_SAMPLE_RATE} Hz: "
+                       "below it there is no speech band to learn)")
     seconds = scan.frames / scan.sample_rate
     if seconds < min_seconds:
         defects.append(f"audio too short: {path} is {seconds:.3f} s (min_seconds={min_seconds:g})")
@@ -378,6 +386,8 @@ def check_listed_audio(listing: CorpusListing, *, min_seconds: float = 0.3,
     utterances: list[Utterance] = []
     for entry in listing.entries:
         found = _audio_entry(listing.root / "wavs", entry, min_seconds, max_seconds)
+        if isinstance(found, _AudioScan) and (mismatch := _text_rate_problem(entry, found)):
+            found = [mismatch]
         if isinstance(found, _AudioScan):
             utterances.append(Utterance(entry.id, entry.text, entry.audio_path, entry.line, found.frames,
                                         found.sample_rate))
@@ -387,6 +397,17 @@ def check_listed_audio(listing: CorpusListing, *, min_seconds: float = 0.3,
         problems.append(CorpusProblem(listing.metadata, 1, "metadata.csv lists no utterances"))
     flush_all()
     return Corpus(listing.root, utterances), sorted(problems, key=lambda problem: problem.line)
+
+
+def _text_rate_problem(entry: Listed, scan: _AudioScan) -> str | None:
+    """A text far longer than its audio could be read: the wrong text (or a pasted book), and an
+    attention matrix of characters x frames that would not fit in memory."""
+    seconds = scan.frames / scan.sample_rate
+    rate = len(entry.text) / seconds
+    if rate <= MAX_CHARS_PER_SECOND:
+        return None
+    return (f"text of {len(entry.text):,} characters for {seconds:.2f} s of audio ({rate:,.0f} per second; "
+            f"speech is about 15, the limit is {MAX_CHARS_PER_SECOND}): the text does not match {entry.audio_path}")
 
 
 def _metadata_entry(raw: bytes) -> tuple[str, str] | str | None:

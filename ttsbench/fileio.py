@@ -15,6 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ttsbench.errors import UserError
+
+
+class DamagedFileError(UserError, ValueError):
+    """A file ttsbench wrote that no longer parses: named, with where it stops parsing."""
+
 
 def _read_umask() -> int:
     """The process's umask (read once: setting it to read it is not thread-safe later on)."""
@@ -68,6 +74,22 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_json(path: str | Path, expected: type = object) -> Any:
+    """A JSON file ttsbench wrote, or one clear error naming it when it is damaged (an edit,
+    a disk fault) or not of the `expected` type, instead of a parser traceback."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DamagedFileError(f"{path}: damaged, not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise DamagedFileError(f"{path}: damaged, not JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                               "restore it, or start a new folder") from None
+    if not isinstance(data, expected):
+        raise DamagedFileError(f"{path}: damaged, expected a JSON {expected.__name__}, got {type(data).__name__}")
+    return data
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

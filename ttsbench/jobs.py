@@ -26,7 +26,6 @@ measures (variant "recording"), and keeps their audio for the report's players.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from ttsbench import models, vocoders
 from ttsbench.audio import AudioConfig, read_mono, save_audio
 from ttsbench.data import Corpus, Utterance, load_corpus
-from ttsbench.fileio import read_jsonl
+from ttsbench.fileio import read_json, read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import hard_sentence_outcomes
 from ttsbench.metrics.quality import METRICS, Scores, score, summarise, unheard
@@ -132,7 +131,7 @@ def training_rows(folder: TrainFolder, log_every: int, parameters: int) -> list[
             if key not in SKIPPED_VAL_KEYS and (number := _number(value)) is not None:
                 rows.append({"metric": f"val/{key}", "value": number, "step": record["step"],
                              "seconds": record["seconds"]})
-    result = json.loads(folder.result.read_text("utf-8"))
+    result = read_json(folder.result, dict)
     step, seconds = result["steps"], result["seconds"]
     totals = {"parameters": parameters, "train/steps": step, "train/seconds": seconds,
               "train/samples": result["samples"], "train/diverged": float(bool(events))}

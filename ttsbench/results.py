@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from ttsbench.errors import RunStoreError
-from ttsbench.fileio import atomic_write_json, atomic_write_jsonl
+from ttsbench.fileio import atomic_write_json, atomic_write_jsonl, read_json
 from ttsbench.folders import TrainFolder
 
 COLUMNS = ("run_id", "job", "system", "variant", "seed", "config_hash", "metric", "value", "step", "seconds", "item",
@@ -102,7 +102,7 @@ class RunStore:
         """Refuse, writing nothing, a folder that holds another suite's run, a job whose config
         changed since it ran, or damaged results (unless skip_damaged)."""
         if self.run_path.is_file():
-            run = json.loads(self.run_path.read_text("utf-8"))
+            run = read_json(self.run_path, dict)
             stored = run.get("suite")
             if stored != suite.get("name"):
                 raise RunStoreError(f"{self.root} holds a run of suite {stored!r}, not {suite.get('name')!r}; "
@@ -123,7 +123,7 @@ class RunStore:
     def check_corpus(self, corpus: Mapping[str, str]) -> None:
         """Refuse, writing nothing, to add to a run made on a corpus whose content has changed
         since: the report would pool numbers from two different data sets."""
-        stored = json.loads(self.run_path.read_text("utf-8")).get("corpus") if self.run_path.is_file() else None
+        stored = read_json(self.run_path, dict).get("corpus") if self.run_path.is_file() else None
         if stored is not None and stored["digest"] != corpus["digest"]:
             raise RunStoreError(
                 f"{self.root} was run on corpus {stored['path']} with content digest {stored['digest']}; "
@@ -149,11 +149,11 @@ class RunStore:
 
     @property
     def run_id(self) -> str:
-        return json.loads(self.run_path.read_text("utf-8"))["run_id"]
+        return read_json(self.run_path, dict)["run_id"]
 
     # ---- jobs ----------------------------------------------------------------------------------
     def jobs(self) -> dict[str, dict[str, Any]]:
-        return json.loads(self.jobs_path.read_text("utf-8")) if self.jobs_path.is_file() else {}
+        return read_json(self.jobs_path, dict) if self.jobs_path.is_file() else {}
 
     def is_done(self, job_id: str, config_hash: str) -> bool:
         """Finished or diverged with this config, and all its rows readable."""

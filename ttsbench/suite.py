@@ -472,6 +472,9 @@ def load_suite(path: str | Path) -> Suite:
         check.add(where, "key repeats in this mapping (YAML keeps only the last; remove one)")
     data = check.mapping(raw, (), TOP_KEYS)
     values: dict[str, Any] = {"name": str(data.get("name", path.stem)), "path": str(path)}
+    if not _plain_name(values["name"]):
+        check.add(("name",) if "name" in data else (), f"suite name {values['name']!r}: use letters, digits, '-', '_' "
+                  "or '.' only (it names run folders and README blocks)")
     values.update(_validation(check, data.get("validation")))  # first: a budget's `until` reads it
     check.validated = (values.get("val_every", Suite.val_every), values.get("val_metrics") or ())
     values.update(_run_settings(check, data))
@@ -627,9 +630,14 @@ def _system_entry(check: _Checker, where: tuple, item: Any) -> SystemEntry | Non
         check.add(where + ("set", key), problem)
     if problems:
         return None
-    if not entry.variant.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if not _plain_name(entry.variant):
         check.add(where + ("variant",), "use letters, digits, '-', '_' or '.' only (it names a folder)")
     return entry
+
+
+def _plain_name(name: str) -> bool:
+    """Letters, digits, '-', '_' and '.': safe in a folder name, a run id and Markdown."""
+    return name.isascii() and name.replace("-", "").replace("_", "").replace(".", "").isalnum()
 
 
 def _claims(check: _Checker, value: Any, variants: Sequence[str]) -> tuple[tuple[str, Any], ...]:

@@ -16,9 +16,11 @@ Output folder:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -36,7 +38,7 @@ from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
 from ttsbench.batches import Batch, Example, bucket_batches, collate, load_examples
 from ttsbench.data import Corpus
 from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, UserError, first_line
-from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.convergence import higher_is_better
@@ -223,8 +225,19 @@ def build_optimizer(model: TTSModel, params: Sequence[torch.nn.Parameter]) -> to
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through `atomic_path`. torch reports a failed write (a full disk) as a C++
+    `enforce fail` without errno or path; it becomes an OSError naming the checkpoint, ENOSPC
+    when the disk is indeed full."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            if "write" not in str(err):
+                raise
+            full = shutil.disk_usage(path.parent).free < 16 * 2**20
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          "no space left on the device" if full else f"write failed ({first_line(err)})",
+                          str(path)) from None
 
 
 def _to_float(value: Any) -> float:
@@ -528,11 +541,11 @@ class Trainer:
         current = json.loads(json.dumps(
             {"system": self.model.name, "config": self.model.config.to_dict(), "seed": self.options.seed}))
         corpus = {"path": str(self.corpus.root), "digest": self.corpus.digest(), "utterances": len(self.corpus)}
-        if self.folder.config.is_file() and json.loads(self.folder.config.read_text("utf-8")) != current:
+        if self.folder.config.is_file() and read_json(self.folder.config, dict) != current:
             raise UserError(f"{self.out} already holds a run of a different system/config/seed; "
                             "use a new --out folder (or delete the old one)")
         if self.folder.corpus.is_file():
-            stored = json.loads(self.folder.corpus.read_text("utf-8"))
+            stored = read_json(self.folder.corpus, dict)
             if stored["digest"] != corpus["digest"]:
                 raise UserError(f"{self.out} was trained on corpus {stored['path']} (digest {stored['digest']}); "
                                 f"{corpus['path']} differs (digest {corpus['digest']}): resuming would mix two "
@@ -745,6 +758,6 @@ def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOp
     try:
         return Trainer(model, corpus, out_dir, options).run()
     except TrainingDiverged as err:
-        result = json.loads(TrainFolder(Path(out_dir)).result.read_text("utf-8"))
+        result = read_json(TrainFolder(Path(out_dir)).result, dict)
         return TrainResult("diverged", result["steps"], result["seconds"], result["samples"], Path(out_dir), {},
                            str(err))

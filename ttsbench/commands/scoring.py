@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
@@ -21,7 +20,7 @@ from ttsbench import vocoders
 from ttsbench.audio import AudioConfig, read_mono, save_audio
 from ttsbench.data import AUDIO_SUFFIXES
 from ttsbench.errors import OptionError, first_line
-from ttsbench.metrics.quality import METRICS, resolve_metrics, score, summarise, unheard
+from ttsbench.metrics.quality import MAX_SCORED_SECONDS, METRICS, resolve_metrics, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, summarise_rtf
 from ttsbench.metrics.stats import Interval, mean_interval
@@ -115,12 +114,16 @@ def _audio_files(folder: str) -> dict[str, Path]:
     return {f.stem: f for f in sorted(root.iterdir()) if f.suffix.lower() in AUDIO_SUFFIXES}
 
 
-def _read_audio(path: Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """`read_mono`, with a file that is not audio named in one line."""
+def _check_scorable(path: Path) -> None:
+    """A file that is not audio, or too long to align, named in one line before any scoring."""
     try:
-        return read_mono(path, sample_rate)
+        seconds = sf.info(str(path)).duration
     except sf.LibsndfileError as err:
         raise OptionError(f"{path}: not readable audio ({first_line(err)})") from None
+    if seconds > MAX_SCORED_SECONDS:
+        raise OptionError(f"{path}: {seconds:,.0f} s long; score aligns whole files (DTW over 5 ms frames, "
+                          f"memory growing with the square of the length), so at most {MAX_SCORED_SECONDS} s: "
+                          "cut it into utterances")
 
 
 def _read_texts(metadata: str) -> dict[str, str]:
@@ -166,11 +169,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     if requested is None and not args.text:
         print("note: no --text, so wer and cer are left out")
 
-    speaker = SpeakerReference.of_files(references.values()) if "speaker_sim" in names else None
+    for path in [*references.values(), *syntheses.values()]:
+        _check_scorable(path)
+    try:
+        speaker = SpeakerReference.of_files(references.values()) if "speaker_sim" in names else None
+    except ValueError as err:
+        raise OptionError(f"--ref {args.ref}: no speaker reference ({err}); leave speaker_sim out with --metrics") from None
     rows, scores, failures = [], [], []
     for utt_id in tqdm(sorted(references), desc="score", unit="utt", disable=args.quiet):
-        reference, rate = _read_audio(references[utt_id])
-        synthesis, _ = _read_audio(syntheses[utt_id], rate)
+        reference, rate = read_mono(references[utt_id])
+        synthesis, _ = read_mono(syntheses[utt_id], rate)
         try:
             result = score(reference, synthesis, rate, texts.get(utt_id), names, speaker, utt_id)
         except ValueError as err:

@@ -89,6 +89,7 @@ WSOLA_HOP_SECONDS = 0.010  # frames are twice as long: 20 ms
 WSOLA_TOLERANCE_SECONDS = 0.0025
 CENTS_PER_NEPER = 1200.0 / math.log(2.0)
 MIN_SECONDS = 0.05
+MAX_SCORED_SECONDS = 60  # DTW over 5 ms frames: a cost matrix of (12,000 frames)^2 floats is ~1.1 GiB
 GROSS_PITCH_ERROR = 0.2  # relative F0 error beyond which a frame counts as a gross (e.g. octave) error
 
 

@@ -205,7 +205,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 
 def load_weights(model: TTSModel, weights: Mapping[str, Any], path: str | Path) -> None:
     """`model.load_state_dict`, or CheckpointError saying how the weights in `path` do not fit:
-    a relabelled checkpoint of another system lacks the model's weights and has others."""
+    a relabelled checkpoint of another system lacks the model's weights and has others, and a
+    weight holding NaN or inf would only make silence or noise."""
+    broken = next((name for name, value in weights.items() if isinstance(value, torch.Tensor)
+                   and value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+    if broken is not None:
+        raise CheckpointError(f"{path}: weight {broken!r} holds NaN or inf values; the run that wrote it had "
+                              "diverged, so nothing it synthesises would mean anything")
     try:
         fit = model.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # same names, other shapes

@@ -8,6 +8,7 @@ loss dict, `infer` returning a `Synthesis`, and a teacher-forced `alignment`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -22,6 +23,7 @@ import yaml
 from torch import nn
 
 from ttsbench.audio import AudioConfig
+from ttsbench.errors import first_line
 from ttsbench.batches import Batch
 from ttsbench.options import PRESETS
 from ttsbench.schedule import Schedule
@@ -93,7 +95,13 @@ class ModelConfig:
             key, sep, raw = assignment.partition("=")
             if not sep:
                 raise ValueError(f"override {assignment!r} is not key=value")
-            config = config.replace_path(key.strip(), yaml.safe_load(raw))
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ValueError(f"{key.strip()}: {raw!r} is not a plain YAML value "
+                                 f"({getattr(err, 'problem', None) or first_line(err)})") from None
+            config = config.replace_path(key.strip(), value)
+        check_training_fields(config)
         return config
 
     def replace_path(self, dotted: str, value: Any) -> "ModelConfig":
@@ -110,10 +118,35 @@ class ModelConfig:
                 raise ValueError(f"{head} has no field {rest!r}; fields: {', '.join(sorted(inner_names))}")
             value = _coerce(dotted, value, getattr(current, rest))
             _check_type(dotted, value, typing.get_type_hints(type(current))[rest])
-            return dataclasses.replace(self, **{head: dataclasses.replace(current, **{rest: value})})
+            try:
+                inner = dataclasses.replace(current, **{rest: value})
+            except ValueError as err:  # the nested config's own checks: name the dotted key
+                raise ValueError(f"{dotted}: {err}") from None
+            return dataclasses.replace(self, **{head: inner})
         value = _coerce(dotted, value, current)
         _check_type(dotted, value, typing.get_type_hints(type(self))[head])
         return dataclasses.replace(self, **{head: value})
+
+
+def check_training_fields(config: ModelConfig) -> None:
+    """The optimiser fields every system shares, within the range where training means
+    something (a NaN learning rate trains nothing; batch 0 has no gradient)."""
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
+    for name in ("learning_rate", "eps"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    for name in ("weight_decay", "warmup_steps", "lr_half_life"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    for name in ("grad_clip_norm", "grad_clip_value"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number or null, got {value!r}")
+    if not all(math.isfinite(b) and 0 <= b < 1 for b in config.betas):
+        raise ValueError(f"betas must lie in [0, 1), got {config.betas!r}")
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:
@@ -143,7 +176,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin is tuple:
         return isinstance(value, tuple) and _fits_items(value, args)
-    return True  # nested configs and other annotations: left to the config's own checks
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)  # `audio=5`: set a nested config's fields, `audio.n_fft=512`
+    return True  # other annotations: left to the config's own checks
 
 
 def _fits_items(value: tuple, args: tuple) -> bool:

@@ -9,7 +9,6 @@ messages) is escaped by Jinja's autoescape, never inserted as markup.
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ttsbench.audio import AudioConfig, load_audio, mel_spectrogram
 from ttsbench.claims import FAILS, HOLDS, judge
+from ttsbench.fileio import read_json
 from ttsbench.errors import RunStoreError, UserError
 from ttsbench.metrics.alignment import durations_path
 from ttsbench.metrics.stats import Interval
@@ -300,7 +300,7 @@ def cost_table(results: pd.DataFrame, price_per_hour: float) -> list[dict[str, A
 def benchmark_table(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.is_file():
         return []
-    data = json.loads(path.read_text("utf-8"))
+    data = read_json(path, dict)
     rows = []
     for bench in data.get("benchmarks", []):
         stats = bench["stats"]
@@ -336,8 +336,8 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = store.jobs()
-    suite = json.loads(store.suite_path.read_text("utf-8"))
-    environment = json.loads(store.environment_path.read_text("utf-8"))
+    suite = read_json(store.suite_path, dict)
+    environment = read_json(store.environment_path, dict)
     thresholds = dict(suite["thresholds"])
     price = suite.get("price_per_hour", 0.0) if price_per_hour is None else price_per_hour
     bench_path = Path(benchmarks) if benchmarks else store.root / "benchmarks.json"
