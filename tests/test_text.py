@@ -14,6 +14,13 @@ from ttsbench.text import EOS, SYMBOLS, TextProcessor, UnknownCharactersError, e
         ("  Many   spaces\there ", "many spaces here"),
         ("naïve café [sic]", "naive cafe (sic)"),
         ("1,000 men", "one thousand men"),
+        ("Louis XIV and Chapter III", "louis fourteen and chapter three"),
+        ("It cost $5.5.", "it cost five dollars fifty cents."),
+        ("Call 555-1234 now", "call five five five, one two three four now"),
+        ("Say 1,2,3 and 1,234,567", "say one,two,three and one million two hundred thirty-four thousand five hundred "
+         "sixty-seven"),
+        ("He lived on Main St. near St. Paul's.", "he lived on main street near saint paul's."),
+        ("I saw a MIX of X and V", "i saw a mix of x and v"),
     ],
 )
 def test_english_cleaners(raw, clean):

@@ -31,7 +31,6 @@ _ABBREVIATIONS = [
         ("mrs", "misess"),
         ("mr", "mister"),
         ("dr", "doctor"),
-        ("st", "saint"),
         ("co", "company"),
         ("jr", "junior"),
         ("maj", "major"),
@@ -49,7 +48,12 @@ _ABBREVIATIONS = [
     ]
 ]
 _WHITESPACE = re.compile(r"\s+")
-_COMMA_NUMBER = re.compile(r"([0-9][0-9,]+[0-9])")
+_COMMA_NUMBER = re.compile(r"\b([0-9]{1,3}(?:,[0-9]{3})+)\b")  # thousands only: "1,2,3" is a list
+_PHONE = re.compile(r"\b([0-9]{3})-([0-9]{4})\b")  # 555-1234: read digit by digit
+_SAINT = re.compile(r"\bSt\.?(?=\s+[A-Z])")  # St. Paul: a saint before a name
+_STREET = re.compile(r"\bSt\.", re.IGNORECASE)  # Main St.: a street after one
+_ROMAN = re.compile(r"\b(?=[IVXL]{2,}\b)(L?X{0,3})(IX|IV|V?I{0,3})\b")  # II-LXXXIX, capitals only
+_ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50}
 _DECIMAL = re.compile(r"([0-9]+\.[0-9]+)")
 _POUNDS = re.compile(r"£([0-9,]*[0-9]+)")
 _DOLLARS = re.compile(r"\$([0-9.,]*[0-9]+)")
@@ -84,7 +88,7 @@ def _year_or_number(match: re.Match[str]) -> str:
 def _dollars(match: re.Match[str]) -> str:
     parts = match.group(1).replace(",", "").split(".")
     dollars = int(parts[0]) if parts[0] else 0
-    cents = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    cents = int(parts[1][:2].ljust(2, "0")) if len(parts) > 1 and parts[1] else 0  # $5.5 is fifty cents
     out = []
     if dollars:
         out.append(f"{_number_words(str(dollars))} dollar{'s' if dollars != 1 else ''}")
@@ -93,7 +97,20 @@ def _dollars(match: re.Match[str]) -> str:
     return " ".join(out) if out else "zero dollars"
 
 
+def _roman(match: re.Match[str]) -> str:
+    """A Roman numeral of two or more capitals as a number (XIV -> 14): read by expand_numbers."""
+    values = [_ROMAN_VALUES[c] for c in match.group(0)]
+    total = sum(-v if i + 1 < len(values) and v < values[i + 1] else v for i, v in enumerate(values))
+    return str(total)
+
+
+def _digits(match: re.Match[str]) -> str:
+    return ", ".join(" ".join(_number_words(d) for d in group) for group in match.groups())
+
+
 def expand_numbers(text: str) -> str:
+    text = _ROMAN.sub(_roman, text)
+    text = _PHONE.sub(_digits, text)
     text = _COMMA_NUMBER.sub(lambda m: m.group(1).replace(",", ""), text)
     text = _POUNDS.sub(lambda m: f"{m.group(1)} pounds", text)
     text = _DOLLARS.sub(_dollars, text)
@@ -106,6 +123,7 @@ def english_cleaners(text: str) -> str:
     """ASCII (brackets become parentheses), numbers and abbreviations spelled out, lowercase."""
     text = unidecode(text).replace("[", "(").replace("]", ")")
     text = expand_numbers(text)
+    text = _STREET.sub("street", _SAINT.sub("saint", text))
     for pattern, full in _ABBREVIATIONS:
         text = pattern.sub(full, text)
     text = text.lower()
