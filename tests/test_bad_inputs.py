@@ -485,3 +485,22 @@ def test_a_suite_name_that_is_not_plain_is_refused(tmp_path, capsys):
     suite.write_text("name: '`x` | y'\nsystems:\n  - {system: glow-tts}\n")
     code, output = run(capsys, "run", str(suite), "--out", str(tmp_path / "o"))
     assert_refused(code, output, "s.yaml:1: name: suite name '`x` | y': use letters, digits")
+
+
+def test_misleading_corpus_layouts_are_named_for_what_they_are(tmp_path, capsys):
+    folder_metadata = tmp_path / "a"
+    (folder_metadata / "metadata.csv").mkdir(parents=True)
+    folder_wav = tmp_path / "b"
+    (folder_wav / "wavs" / "LJ1.wav").mkdir(parents=True)
+    (folder_wav / "metadata.csv").write_text("LJ1|hello there|hello there\n")
+    nul_id = tmp_path / "c"
+    (nul_id / "wavs").mkdir(parents=True)
+    (nul_id / "metadata.csv").write_bytes(b"LJ\x001|hello there|hello there\n")
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    for corpus, message in ((folder_metadata, "metadata.csv is a folder, not a file"),
+                            (folder_wav, "LJ1.wav is a folder, not an audio file"),
+                            (nul_id, "id 'LJ\\x001' contains a control character"),
+                            (tmp_path / "l1", "corpus folder is a symbolic link that loops back on itself")):
+        code, output = run(capsys, "data", "check", str(corpus))
+        assert_refused(code, output, message)

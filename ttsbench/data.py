@@ -9,6 +9,7 @@ workers and `data check` import it; examples and batches live in `ttsbench.batch
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -152,6 +153,21 @@ def standard_split_sentences(split: str) -> list[tuple[str, str]]:
     """(id, normalised text) of a standard split: realistic sentences for inference benchmarks."""
     text = (resources.files("ttsbench") / "corpus" / "ljspeech-split" / f"{split}.txt").read_text("utf-8")
     return [tuple(line.split("|", 1)) for line in text.splitlines() if line]  # type: ignore[misc]
+
+
+def _not_a(what: str, path: Path, kind: str) -> str:
+    """Why `path` is not the {kind} it should be: absent, the other kind, or a symlink loop."""
+    if path.is_symlink() and not path.exists():
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError) as err:  # a loop: RuntimeError before Python 3.13, ELOOP after
+            if isinstance(err, RuntimeError) or err.errno == errno.ELOOP:
+                return f"{what} is a symbolic link that loops back on itself"
+            return f"{what} is a symbolic link to a path that does not exist"
+    if path.exists():
+        return f"{what} is {'a folder' if path.is_dir() else 'not a folder'}, not a {kind}" if kind == "file" else \
+            f"{what} is a file, not a folder"
+    return f"{what} does not exist"
 
 
 def _find_audio(wav_dir: Path, utt_id: str) -> Path | None:
@@ -341,9 +357,9 @@ def read_metadata(path: str | Path) -> CorpusListing:
     root = resolve_corpus_path(path)
     metadata = root / "metadata.csv"
     if not root.is_dir():
-        return CorpusListing(root, metadata, [], [CorpusProblem(root, 0, "corpus folder does not exist")])
+        return CorpusListing(root, metadata, [], [CorpusProblem(root, 0, _not_a("corpus folder", root, "folder"))])
     if not metadata.is_file():
-        return CorpusListing(root, metadata, [], [CorpusProblem(metadata, 0, "metadata.csv is missing")])
+        return CorpusListing(root, metadata, [], [CorpusProblem(metadata, 0, _not_a("metadata.csv", metadata, "file"))])
     listing = CorpusListing(root, metadata, [], [])
     first_seen: dict[str, int] = {}
     content = metadata.read_bytes().removeprefix(_UTF8_BOM)  # Excel and Notepad write one
@@ -427,6 +443,8 @@ def _metadata_entry(raw: bytes) -> tuple[str, str] | str | None:
         return "empty id"
     if "/" in utt_id or "\\" in utt_id or ".." in utt_id:
         return f"id {utt_id!r} contains a path separator or '..'"
+    if any(not c.isprintable() for c in utt_id):
+        return f"id {utt_id!r} contains a control character (it names a file)"
     if not text:
         return f"empty text for {utt_id!r}"
     return utt_id, text
@@ -448,6 +466,10 @@ def _audio_entry(wav_dir: Path, entry: Listed, min_seconds: float, max_seconds: 
     """The scan of an utterance's audio, or every defect found in it."""
     audio_path = entry.audio_path
     if audio_path is None:
+        folders = [wav_dir / f"{entry.id}{suffix}" for suffix in AUDIO_SUFFIXES
+                   if (wav_dir / f"{entry.id}{suffix}").is_dir()]
+        if folders:
+            return [f"missing audio: {folders[0]} is a folder, not an audio file"]
         return [f"missing audio: {wav_dir / (entry.id + '.wav')} does not exist"]
     try:
         scan = _cached_scan(audio_path)
