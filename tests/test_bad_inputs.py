@@ -504,3 +504,17 @@ def test_misleading_corpus_layouts_are_named_for_what_they_are(tmp_path, capsys)
                             (tmp_path / "l1", "corpus folder is a symbolic link that loops back on itself")):
         code, output = run(capsys, "data", "check", str(corpus))
         assert_refused(code, output, message)
+
+
+def test_garbage_inside_a_cached_feature_pack_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TTSBENCH_CACHE", str(tmp_path / "cache"))
+    argv = ["train", "glow-tts", "--steps", "1", "--val-every", "0", "--quiet", "--out"]
+    assert run(capsys, *argv, str(tmp_path / "first"))[0] == 0
+    packs = [p for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file() and p.stat().st_size > 4096]
+    assert packs
+    for pack in packs:  # the tail of each pack (its arrays, not its table) overwritten: NaN bit patterns
+        data = bytearray(pack.read_bytes())
+        data[len(data) // 2 :] = b"\xff" * (len(data) - len(data) // 2)
+        pack.write_bytes(bytes(data))
+    code, output = run(capsys, *argv, str(tmp_path / "second"))
+    assert_refused(code, output, "holds NaN or inf values (a damaged feature pack)", str(tmp_path / "cache"))

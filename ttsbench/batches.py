@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ttsbench.audio import AudioConfig
 from ttsbench.data import Utterance, file_digest
+from ttsbench.errors import UserError
 from ttsbench.featurecache import FeatureCache, FeatureFiles
 from ttsbench.fileindex import flush_all
 from ttsbench.text import TextProcessor
@@ -143,6 +144,8 @@ def collate(
         padded = np.full((len(examples), max_frames, *first.shape[1:]), pad_values.get(kind, 0.0), dtype=np.float32)
         for i, e in enumerate(examples):
             padded[i, : e.num_frames] = e.features[kind]
+        if not np.isfinite(padded).all():
+            raise DamagedFeaturesError(_non_finite(examples, kind))
         features[kind] = torch.from_numpy(padded)
     return Batch(
         [e.id for e in examples],
@@ -153,6 +156,18 @@ def collate(
         frame_lengths,
         frame_multiple,
     )
+
+
+class DamagedFeaturesError(UserError, ValueError):
+    """A cached feature holds NaN or inf: a damaged pack, which would turn training into NaN."""
+
+
+def _non_finite(examples: Sequence[Example], kind: str) -> str:
+    """Which example's cached `kind` is not finite, and in which file."""
+    bad = next(e for e in examples if not np.isfinite(np.asarray(e.features[kind])).all())
+    where = bad.features.source(kind) if isinstance(bad.features, FeatureFiles) else "memory"
+    return (f"{where}: the cached {kind} of {bad.id} holds NaN or inf values (a damaged feature pack); "
+            "delete that file and it is computed again")
 
 
 def bucket_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket_factor: int = 4) -> list[list[int]]:

@@ -186,6 +186,11 @@ class FeatureFiles(MutableMapping):
     def __len__(self) -> int:
         return len(self._items)
 
+    def source(self, kind: str) -> str:
+        """Where a kind's array comes from: its pack file, or memory."""
+        item = self._items[kind]
+        return str(item.pack) if isinstance(item, Stored) else "memory"
+
     def frames(self, kind: str) -> int:
         item = self._items[kind]
         return item.frames if isinstance(item, Stored) else int(item.shape[0])
