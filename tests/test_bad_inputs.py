@@ -441,7 +441,7 @@ def test_data_check_refuses_texts_longer_than_their_audio_and_unusable_clips(tmp
     (corpus / "wavs" / f"{third_id}.flac").unlink()
     sf.write(corpus / "wavs" / f"{third_id}.wav", 0.5 * np.sin(np.arange(1000) / 3.0), 1000)
     code, output = run(capsys, "data", "check", str(corpus))
-    assert_refused(code, output, "metadata.csv:1: text of 199,999 characters for", "the limit is 40",
+    assert_refused(code, output, "metadata.csv:1: text of 199,999 characters for", "40 per second plus 20",
                    "metadata.csv:2: over-range audio", "peaks at 1.50", "metadata.csv:3: sample rate too low")
 
 

@@ -104,7 +104,7 @@ def test_every_defect_kind_is_reported_with_file_and_line(corpus_copy):
 
 def test_missing_folder_and_metadata_are_clear(tmp_path):
     assert "does not exist" in str(check_corpus(tmp_path / "nope")[1][0])
-    assert "metadata.csv is missing" in str(check_corpus(tmp_path)[1][0])
+    assert "metadata.csv does not exist" in str(check_corpus(tmp_path)[1][0])
 
 
 def test_seeded_split_is_deterministic_and_disjoint(embedded_corpus):

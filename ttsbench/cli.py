@@ -144,6 +144,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--repeats", type=_positive, default=3, help="timed runs per sentence (median reported)")
     sp.add_argument("--warmup", type=_non_negative, default=1, help="untimed runs per sentence first")
     sp.add_argument("--device", default="cpu", choices=DEVICES)
+    sp.add_argument("--vocoder", default=DEFAULT_VOCODER, choices=VOCODERS,
+                    help=f"default {DEFAULT_VOCODER}; a system whose mel it was not trained on uses Griffin-Lim")
     sp.add_argument("--out", help="also write the table as CSV")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(handler="scoring:cmd_speed")

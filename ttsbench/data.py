@@ -182,6 +182,7 @@ def _find_audio(wav_dir: Path, utt_id: str) -> Path | None:
 # the quietest clips of real LJSpeech peak around -6 dBFS, so real quiet speech clears it widely.
 SILENCE_DBFS = -60.0
 MAX_CHARS_PER_SECOND = 40  # LJSpeech reads about 15; a text beyond this cannot be what the clip says
+SHORT_TEXT_ALLOWANCE = 20  # characters any clip may carry, so a short "Yes, sir." is never refused
 MIN_SAMPLE_RATE = 8000  # telephone band: anything lower holds no intelligible speech
 _UTF8_BOM = b"\xef\xbb\xbf"
 _READ_BLOCK_FRAMES = 1 << 18  # ~12 s at 22.05 kHz: one read for an LJSpeech clip, bounded memory for a long file
@@ -419,11 +420,12 @@ def _text_rate_problem(entry: Listed, scan: _AudioScan) -> str | None:
     """A text far longer than its audio could be read: the wrong text (or a pasted book), and an
     attention matrix of characters x frames that would not fit in memory."""
     seconds = scan.frames / scan.sample_rate
-    rate = len(entry.text) / seconds
-    if rate <= MAX_CHARS_PER_SECOND:
+    limit = MAX_CHARS_PER_SECOND * seconds + SHORT_TEXT_ALLOWANCE
+    if len(entry.text) <= limit:
         return None
-    return (f"text of {len(entry.text):,} characters for {seconds:.2f} s of audio ({rate:,.0f} per second; "
-            f"speech is about 15, the limit is {MAX_CHARS_PER_SECOND}): the text does not match {entry.audio_path}")
+    return (f"text of {len(entry.text):,} characters for {seconds:.2f} s of audio (at most {limit:,.0f}: "
+            f"{MAX_CHARS_PER_SECOND} per second plus {SHORT_TEXT_ALLOWANCE}; speech is about 15 per second): "
+            f"the text does not match {entry.audio_path}")
 
 
 def _metadata_entry(raw: bytes) -> tuple[str, str] | str | None:

@@ -242,11 +242,12 @@ def _print_summary(title: str, summary: Mapping[str, Interval], scores: Sequence
 def cmd_speed(args: argparse.Namespace) -> int:
     model, checkpoint = load_checkpoint(args.checkpoint, resolve_device(args.device))
     sentences = length_spread_sentences(args.sentences)
-    table = measure_rtf(model, sentences, repeats=args.repeats, warmup=args.warmup, progress=not args.quiet)
+    table = measure_rtf(model, sentences, repeats=args.repeats, warmup=args.warmup, progress=not args.quiet,
+                        vocoder=args.vocoder)
     env = table.attrs
     print(f"{checkpoint['system']} at step {checkpoint['step']}: batch 1, {args.warmup} warm-up + median of "
           f"{args.repeats} runs, device {env['device']} ({env['device_name']}), {env['threads']} threads, "
-          f"torch {env['torch']}")
+          f"torch {env['torch']}, vocoder {env['vocoder']}")
     print("RTF = synthesis seconds / audio seconds: lower is faster (below 1 is faster than real time)")
     print(table.drop(columns=["id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     summary = summarise_rtf(table)
