@@ -14,4 +14,5 @@ EMBEDDED = "embedded"  # the corpus spec naming the 24 clips shipped in the pack
 CORPUS_KINDS = ("digits", "lj-text")  # what `ttsbench corpus make` generates (ttsbench.synthetic)
 VOCODERS = ("griffin-lim", "hifigan-lj", "hifigan-universal")  # the keys of the vocoders registry (checked there)
 DEFAULT_VOCODER = "hifigan-universal"  # for every system whose output is the default 80-bin log mel
+FALLBACK_VOCODER = "griffin-lim"  # every system's own path (it takes any front end), and all runs had before
 MAX_SEED = 2**32 - 1  # numpy seeds are 32-bit; suites and the command line refuse larger ones

@@ -69,7 +69,16 @@ from ttsbench.claims import CLAIMS
 from ttsbench.errors import UserError
 from ttsbench.metrics.alignment import load_hard_sentences
 from ttsbench.metrics.quality import METRICS
-from ttsbench.options import CORPUS_KINDS, DEFAULT_VOCODER, DEVICES, EXECUTOR_TYPES, MAX_SEED, PRESETS, VOCODERS
+from ttsbench.options import (
+    CORPUS_KINDS,
+    DEFAULT_VOCODER,
+    DEVICES,
+    EXECUTOR_TYPES,
+    FALLBACK_VOCODER,
+    MAX_SEED,
+    PRESETS,
+    VOCODERS,
+)
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, CorpusSpec, cached_corpus, corpus_cache_path
 
 # Measures every validation gives besides the quality metrics of `validation.metrics`.
@@ -77,7 +86,6 @@ VALIDATION_MEASURES = ("mel_l1_dtw", "diagonal_score", "focus_rate", "free_diago
                        "length_ratio", "stopped", "duration_change")
 REFERENCE_JOB = "reference"  # the job that scores the recordings and their vocoder copies
 REFERENCE_VARIANT = "recording"
-FALLBACK_VOCODER = "griffin-lim"  # every system's own path, and what runs before vocoders existed used
 CEILING_PREFIX = "ceiling: "  # the reference job's variant for the recordings copied through one vocoder
 OLD_CEILING_VARIANT = "vocoder-ceiling"  # runs made before vocoders were named: Griffin-Lim
 

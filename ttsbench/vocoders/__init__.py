@@ -14,12 +14,13 @@ from collections.abc import Callable
 from ttsbench.audio import AudioConfig
 from ttsbench.errors import UserError
 from ttsbench.models.base import TTSModel
-from ttsbench.options import DEFAULT_VOCODER, VOCODERS
+from ttsbench.options import DEFAULT_VOCODER, FALLBACK_VOCODER, VOCODERS
 from ttsbench.vocoders.base import Vocoder, Waveform
 from ttsbench.vocoders.griffin_lim import GriffinLim
 from ttsbench.vocoders.hifigan import HiFiGAN, VocoderUnavailable
 
-__all__ = ["DEFAULT", "FALLBACK", "NAMES", "Vocoder", "VocoderUnavailable", "Waveform", "get", "for_model", "resolve"]
+__all__ = ["DEFAULT", "FALLBACK", "NAMES", "UnknownVocoderError", "Vocoder", "VocoderUnavailable", "Waveform", "for_model", "get",
+           "resolve"]
 
 _FACTORIES: dict[str, Callable[[str], Vocoder]] = {
     "griffin-lim": lambda device: GriffinLim(),
@@ -30,7 +31,7 @@ NAMES = tuple(_FACTORIES)
 DEFAULT = DEFAULT_VOCODER
 if NAMES != VOCODERS:  # the command line and suites offer options.VOCODERS without importing torch
     raise ImportError(f"ttsbench.options.VOCODERS {VOCODERS} does not list the registry's {NAMES}")
-FALLBACK = "griffin-lim"  # every system's own path: it accepts any front end
+FALLBACK = FALLBACK_VOCODER
 
 
 class UnknownVocoderError(UserError, KeyError):

