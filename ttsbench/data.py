@@ -165,8 +165,8 @@ def _not_a(what: str, path: Path, kind: str) -> str:
                 return f"{what} is a symbolic link that loops back on itself"
             return f"{what} is a symbolic link to a path that does not exist"
     if path.exists():
-        return f"{what} is {'a folder' if path.is_dir() else 'not a folder'}, not a {kind}" if kind == "file" else \
-            f"{what} is a file, not a folder"
+        found = "a folder" if path.is_dir() else "a file" if path.is_file() else "neither a file nor a folder"
+        return f"{what} is {found}, not a {kind}"
     return f"{what} does not exist"
 
 

@@ -7,6 +7,7 @@ the old file or the new one, never half of either.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -74,6 +75,24 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def foreign_entries(root: Path, marker: str, ours: tuple[str, ...] = ()) -> list[str]:
+    """What a folder holds that ttsbench did not write: its entries (less `ours`) when it lacks
+    the `marker` file a ttsbench command leaves in the folders it owns; [] for such a folder,
+    an empty one, or none. Commands refuse to write into a folder this names anything in."""
+    if not root.is_dir() or (root / marker).is_file():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name not in ours)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks: weights files are tens of MB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path, expected: type = object) -> Any:

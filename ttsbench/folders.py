@@ -69,11 +69,6 @@ class TrainFolder:
     def samples(self) -> Path:
         return self.root / "samples"
 
-    def foreign_files(self) -> list[str]:
-        """Everything in the folder but a suite job's attempts.jsonl (written before training
-        starts): in a folder without config.json, these are somebody else's files."""
-        return sorted(p.name for p in self.root.iterdir() if p.name != self.attempts.name)
-
     def alignment_path(self, step: int) -> Path:
         return self.alignments / f"{ALIGNMENT_PREFIX}{step:08d}.npz"
 

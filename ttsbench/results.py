@@ -62,7 +62,7 @@ class RunStore:
         self.skip_damaged = skip_damaged
         self.damaged: list[str] = []
         self._row_counts: Counter[str] = Counter()  # readable rows per job, as of the last read
-        self._digests: dict[str, str] = {}  # per job, the digest of its readable rows
+        self._digests: dict[str, str] | None = None  # per job, the digest of its readable rows (on demand)
         self.incomplete: list[str] = []  # done jobs whose stored rows are missing or changed: run again
         self._rows_read = False
 
@@ -179,9 +179,18 @@ class RunStore:
         have = self._row_counts.get(job_id, 0)
         if entry.get("rows") is not None and have != entry["rows"]:
             return f"{have} of its {entry['rows']} rows are readable"
-        if entry.get("digest") is not None and self._digests.get(job_id) != entry["digest"]:
+        if entry.get("digest") is not None and self._job_digests().get(job_id) != entry["digest"]:
             return "its rows changed since they were recorded"
         return None
+
+    def _job_digests(self) -> dict[str, str]:
+        """Per job, the digest of its readable rows: read once per run, not at every record."""
+        if self._digests is None:
+            by_job: dict[str, list[dict[str, Any]]] = {}
+            for row in self._read_rows():
+                by_job.setdefault(row["job"], []).append(_clean(row))
+            self._digests = {job: _rows_digest(rows) for job, rows in by_job.items()}
+        return self._digests
 
     def record(self, job: Mapping[str, Any], state: str, rows: Iterable[Mapping[str, Any]], **info: Any) -> None:
         """Store a job's rows and its final state: rows of an earlier attempt of this job are replaced."""
@@ -210,7 +219,7 @@ class RunStore:
     def _read_rows(self) -> list[dict[str, Any]]:
         """Every readable row; a torn last line is left out, any other damaged line is named."""
         if not self.results_path.is_file():
-            self._rows_read, self._row_counts, self._digests = True, Counter(), {}
+            self._rows_read, self._row_counts, self._digests = True, Counter(), None
             return []
         text = self.results_path.read_text("utf-8", errors="replace")
         lines = text.split("\n")
@@ -227,7 +236,7 @@ class RunStore:
         self.damaged = damaged
         self._rows_read = True
         self._row_counts = Counter(row["job"] for row in rows)
-        self._digests = {job: _rows_digest([_clean(r) for r in rows if r["job"] == job]) for job in self._row_counts}
+        self._digests = None  # computed when a resumed run asks whether a job's rows are intact
         if damaged and not self.skip_damaged:
             raise RunStoreError("\n".join(damaged + [
                 "fix or delete the line(s) named, or pass --skip-damaged (`ttsbench report` then leaves them "

@@ -28,6 +28,7 @@ from ttsbench.errors import RunStoreError, UserError
 from ttsbench.executors import make_executor
 from ttsbench.metrics.speed import environment
 from ttsbench.featurecache import Requests
+from ttsbench.fileio import foreign_entries
 from ttsbench.models import config_for, feature_requests
 from ttsbench.prepare import PrepareSummary, Workers, prepare_corpus
 from ttsbench.results import RunStore
@@ -103,8 +104,7 @@ def _claim_folder(root: Path) -> bool:
     if root.exists() and not root.is_dir():
         raise RunStoreError(f"--out {root}: exists and is not a folder")
     if root.is_dir():
-        foreign = {p.name for p in root.iterdir()} - {".lock"}
-        if foreign and not (root / "run.json").is_file():
+        if foreign_entries(root, "run.json", ours=(".lock",)):
             raise RunStoreError(f"--out {root}: holds files but no ttsbench run (no run.json); name a new or empty "
                                 "folder (nothing was written)")
         return False

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ttsbench.cachedir import cache_root
 from ttsbench.data import SPLITS, standard_split_sentences
 from ttsbench.errors import OptionError, UserError
-from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_text
+from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_text, foreign_entries, sha256_file
 from ttsbench.options import CORPUS_KINDS
 from ttsbench.text import TextProcessor, UnknownCharactersError
 
@@ -231,11 +231,7 @@ def _voice_files() -> tuple[Path, Path]:
 
 @lru_cache(maxsize=4)
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 @lru_cache(maxsize=1)
@@ -320,7 +316,7 @@ def _claim_folder(out: Path, key: str) -> None:
     if marker.is_file() and marker.read_text("utf-8").strip() != key:
         raise OptionError(f"--out {out}: holds a different generated corpus (key {marker.read_text('utf-8').strip()}, "
                           f"wanted {key}); name a new folder (nothing was written)")
-    if not marker.is_file() and out.is_dir() and any(out.iterdir()):
+    if foreign_entries(out, marker.name):
         raise OptionError(f"--out {out}: holds files that `ttsbench corpus make` did not write (no .corpus-key); "
                           "name a new or empty folder (nothing was written)")
     if not marker.is_file():
@@ -366,12 +362,8 @@ def _manifest(
         "bit_identical_check": "the first utterance synthesised twice in one process and compared sample by sample",
         "splits": {split: len(texts[split]) for split in SPLITS},
         "total_seconds": round(sum(_wav_seconds(wav_dir / f"{i}.wav") for i in ids), 3),
-        "files": {f"wavs/{i}.wav": _sha256_uncached(wav_dir / f"{i}.wav") for i in ids},
+        "files": {f"wavs/{i}.wav": sha256_file(wav_dir / f"{i}.wav") for i in ids},
     }
-
-
-def _sha256_uncached(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def corpus_cache_path(spec: CorpusSpec) -> Path:

@@ -38,7 +38,7 @@ from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
 from ttsbench.batches import Batch, Example, bucket_batches, collate, load_examples
 from ttsbench.data import Corpus
 from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, UserError, first_line
-from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, foreign_entries, read_json, read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
 from ttsbench.metrics.convergence import higher_is_better
@@ -534,7 +534,7 @@ class Trainer:
         """Refuse a folder of another system, config, seed or corpus before anything is written."""
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: exists and is not a folder")
-        if self.out.is_dir() and not self.folder.config.is_file() and (foreign := self.folder.foreign_files()):
+        if foreign := foreign_entries(self.out, self.folder.config.name, ours=(self.folder.attempts.name,)):
             raise UserError(f"--out {self.out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
                             "but no ttsbench training run (no config.json); name a new or empty folder "
                             "(nothing was written)")

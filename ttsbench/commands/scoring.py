@@ -20,6 +20,7 @@ from ttsbench import vocoders
 from ttsbench.audio import AudioConfig, read_mono, save_audio
 from ttsbench.data import AUDIO_SUFFIXES
 from ttsbench.errors import OptionError, first_line
+from ttsbench.fileio import foreign_entries
 from ttsbench.metrics.quality import MAX_SCORED_SECONDS, METRICS, resolve_metrics, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, summarise_rtf
@@ -89,7 +90,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     if not recordings:
         raise OptionError(f"{args.wavdir}: no .wav or .flac files")
     out = Path(args.output)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / VOCODE_MARKER).is_file())):
+    if out.exists() and (not out.is_dir() or foreign_entries(out, VOCODE_MARKER)):
         raise OptionError(f"-o {out}: exists and is not a folder `ttsbench vocode` wrote; "
                           "name a new or empty folder (nothing was written)")
     voice = vocoders.get(args.vocoder, str(resolve_device(args.device)))

