@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUITE ?= suites/cpu.yaml
 RUN ?= runs/$(basename $(notdir $(SUITE)))
-EXTRAS ?= dev,corpus
+EXTRAS ?= dev,corpus,tracking
 # The peer comparison's own venv: coqui-tts 0.28.0 beside the same torch, never mixed with ours.
 PEER_VENV ?= .venv-peer
 PEER_ROUNDS ?= 3

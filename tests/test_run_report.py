@@ -30,8 +30,11 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke") / "run"
-    done = run_cli("run", str(SMOKE), "--out", str(out), "--quiet", timeout=900)
+    done = run_cli("run", str(SMOKE), "--out", str(out), timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
+    # not a terminal: the progress display prints whole lines (a job's phases, validations, the suite's count)
+    assert "\r" not in done.stdout and "glow-tts_seed0  training  step" in done.stdout, done.stdout
+    assert "glow-tts_seed0  evaluating" in done.stdout and "smoke: 6/6 done, 0 running" in done.stdout
     return out
 
 
@@ -64,6 +67,14 @@ def test_smoke_suite_runs_every_system(smoke_run):
         ceiling = results[(results["variant"] == f"ceiling: {vocoder}") & (results["metric"] == "eval/pesq")]
         assert set(ceiling["vocoder"]) == {vocoder}
         assert 2.5 < ceiling["value"].iloc[0] < 4.6  # a real recording's copy: degraded, not destroyed
+
+
+def test_plan_shows_the_jobs_done_in_a_run_folder(smoke_run):
+    planned = run_cli("plan", str(SMOKE), "--out", str(smoke_run), timeout=300)
+    assert planned.returncode == 0, planned.stderr
+    rows = [line.split() for line in planned.stdout.splitlines() if "_seed0 " in line]
+    assert len(rows) == 5 and all(row[-1] == "finished" for row in rows), planned.stdout
+    assert "5 training jobs, 5 done, 0 to run" in planned.stdout
 
 
 def test_rerun_skips_finished_jobs(smoke_run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,13 +139,15 @@ def test_validation_can_score_quality_measures_on_vocoded_audio(tmp_path, embedd
     examples = load_model_examples(model, [utterance], progress=False)
     with torch.no_grad():
         torch.manual_seed(5)
-        metrics, _ = validate(model, examples, pad_values(model), torch.device("cpu"), [utterance.audio_path], ["mcd"])
+        result = validate(model, examples, pad_values(model), torch.device("cpu"), [utterance.audio_path], ["mcd"])
         torch.manual_seed(5)
         synthesis = model.infer(torch.from_numpy(examples[0].text_ids))
     waveform = vocoders.for_model(vocoders.DEFAULT, model).vocode(synthesis)  # validation's default vocoder
     audio, rate = waveform.audio, waveform.sample_rate
     expected = score(read_mono(utterance.audio_path, rate)[0], audio, rate, utterance.text, ["mcd"]).values["mcd"]
-    assert metrics["mcd"] == pytest.approx(expected, rel=1e-6)
+    assert result.metrics["mcd"] == pytest.approx(expected, rel=1e-6)
+    [(utt_id, heard, heard_rate)] = result.audio  # what was scored, for TensorBoard
+    assert utt_id == utterance.id and heard_rate == rate and np.array_equal(heard, audio)
     with pytest.raises(ValueError, match="one recording per validation example"):
         validate(model, examples, pad_values(model), torch.device("cpu"), [], ["mcd"])
 

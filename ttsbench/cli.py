@@ -105,6 +105,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--checkpoint-every", type=_positive, default=100)
     tr.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.add_argument("--tensorboard", action="store_true",
+                    help="also write TensorBoard events to OUT/tensorboard (needs ttsbench[tracking])")
     tr.add_argument("--out", required=True, help="run folder (log.jsonl, val.jsonl, checkpoint.pt)")
     tr.set_defaults(handler="training:cmd_train")
 
@@ -155,7 +157,7 @@ def _add_suite_commands(sub: argparse._SubParsersAction) -> None:
     """`run` and `report`: suites and their run folders."""
     ru = sub.add_parser("run", help="run a suite's job matrix; re-running the same command resumes")
     ru.add_argument("suite", help="suite YAML file (see suites/)")
-    ru.add_argument("--out", required=True, help="run folder: results.jsonl, jobs.json, jobs/JOB/")
+    ru.add_argument("--out", help="run folder: results.jsonl, jobs.json, jobs/JOB/ (required unless --plan)")
     ru.add_argument("--executor", choices=EXECUTOR_TYPES, help="default: the suite's `executor.type` (local)")
     ru.add_argument("--address", help="Ray cluster address (auto, ray://HOST:10001); default: a local instance")
     ru.add_argument("--parallel", type=_positive, help="jobs at a time (default: the suite's, usually 1)")
@@ -163,7 +165,18 @@ def _add_suite_commands(sub: argparse._SubParsersAction) -> None:
     ru.add_argument("--quiet", action="store_true", help="no progress bars")
     ru.add_argument("--skip-damaged", action="store_true", help="drop damaged lines of results.jsonl (each named) "
                     "and run their jobs again, instead of refusing the run folder")
+    ru.add_argument("--plan", action="store_true", help="print the plan (as `ttsbench plan`) and train nothing")
+    ru.add_argument("--try", dest="try_jobs", action="store_true", help="with --plan: also try every variant "
+                    "(as `ttsbench plan --try`)")
     ru.set_defaults(handler="suites:cmd_run")
+
+    pl = sub.add_parser("plan", help="validate a suite and print its job matrix, device-hours and cost; trains nothing")
+    pl.add_argument("suite", help="suite YAML file (see suites/)")
+    pl.add_argument("--out", help="run folder: show which jobs are done there")
+    pl.add_argument("--try", dest="try_jobs", action="store_true", help="also build every variant's model at its "
+                    "preset and run 2 training steps on a batch of two and one synthesis, here")
+    pl.add_argument("--device", default="auto", choices=DEVICES, help="where --try runs (default: cuda when present)")
+    pl.set_defaults(handler="suites:cmd_plan")
 
     rp = sub.add_parser("report", help="render a run folder as one self-contained HTML page plus results.csv")
     rp.add_argument("run", help="run folder written by `ttsbench run`")

@@ -13,6 +13,8 @@ files through `TrainFolder`, so a name is spelled once:
   alignments/step_00000600.npz   teacher-forced validation alignments per validation step
   samples/ID.wav, ID.txt         kept synthesis (the reference job: ID.recording.wav, ID.VOCODER.wav)
   attempts.jsonl   one line per start of a suite job (host, pid, time)
+  progress.json    a suite job's phase, step and last validation, for the driver's display
+  tensorboard/     event files, when tracking is on (`tensorboard --logdir`)
 """
 
 from __future__ import annotations
@@ -60,6 +62,14 @@ class TrainFolder:
     @property
     def attempts(self) -> Path:
         return self.root / "attempts.jsonl"
+
+    @property
+    def progress(self) -> Path:
+        return self.root / "progress.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
 
     @property
     def alignments(self) -> Path:

@@ -44,9 +44,11 @@ from ttsbench.metrics.quality import METRICS, Scores, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.metrics.speed import length_spread_sentences, measure_rtf, training_steps_per_second
 from ttsbench.models.base import TTSModel
+from ttsbench.progress import StatusFile
 from ttsbench.results import RunStore
 from ttsbench.suite import CEILING_PREFIX, REFERENCE_VARIANT, Evaluation, Job, Suite, ceiling_variant
 from ttsbench.text import TextProcessor
+from ttsbench.tracking import TensorBoard, TrainObserver
 from ttsbench.train import SPLIT_SEED, TrainOptions, train
 from ttsbench.vocoders import Vocoder
 
@@ -65,10 +67,13 @@ def execute(job_data: Mapping[str, Any], suite_data: Mapping[str, Any], root: st
     job, suite = Job.from_dict(job_data), Suite.from_dict(suite_data)
     folder = RunStore(root).job_folder(job.id)
     folder.record_attempt()
+    status = StatusFile(folder.progress, job.budget.steps, job.budget.max_seconds, [m for m, _ in job.budget.until])
     if job.kind == "reference":
+        status.phase("scoring the recordings")
         state, rows = "finished", reference_rows(suite, folder, progress)
     else:
-        state, rows = train_and_evaluate(job, suite, folder, progress)
+        state, rows = train_and_evaluate(job, suite, folder, progress, status)
+    status.phase(state)
     return {"state": state, "rows": rows, "seconds": time.perf_counter() - started}
 
 
@@ -76,7 +81,8 @@ def execute(job_data: Mapping[str, Any], suite_data: Mapping[str, Any], root: st
 # Training
 
 
-def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bool) -> tuple[str, list[dict[str, Any]]]:
+def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bool,
+                       status: StatusFile) -> tuple[str, list[dict[str, Any]]]:
     corpus = load_corpus(suite.corpus_location())
     model = models.build(job.system, models.config_for(job.system, job.preset, job.overrides), seed=job.seed)
     options = TrainOptions(
@@ -95,10 +101,14 @@ def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bo
         until_consecutive=job.budget.consecutive,
         vocoder=suite.vocoder,
     )
-    state = train(model, corpus, folder.root, options).state
+    observers: list[TrainObserver] = [status]
+    if suite.tracking == "tensorboard":
+        observers.append(TensorBoard(folder.tensorboard))
+    state = train(model, corpus, folder.root, options, observers).state
     voice = vocoders.for_model(suite.vocoder, model)
     rows = training_rows(folder, suite.log_every, model.num_parameters())
     if state == "finished":
+        status.phase("evaluating")
         rows += evaluation_rows(model, corpus, suite.evaluation, folder, progress, suite.hard_sentence_set(), voice)
     return state, [{**row, "vocoder": voice.name} for row in rows]
 

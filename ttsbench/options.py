@@ -16,3 +16,4 @@ VOCODERS = ("griffin-lim", "hifigan-lj", "hifigan-universal")  # the keys of the
 DEFAULT_VOCODER = "hifigan-universal"  # for every system whose output is the default 80-bin log mel
 FALLBACK_VOCODER = "griffin-lim"  # every system's own path (it takes any front end), and all runs had before
 MAX_SEED = 2**32 - 1  # numpy seeds are 32-bit; suites and the command line refuse larger ones
+TRACKERS = ("none", "tensorboard")  # what a suite's `tracking` may name (ttsbench.tracking)

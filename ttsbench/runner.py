@@ -9,6 +9,7 @@ ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import platform
@@ -31,6 +32,7 @@ from ttsbench.featurecache import Requests
 from ttsbench.fileio import foreign_entries
 from ttsbench.models import config_for, feature_requests
 from ttsbench.prepare import PrepareSummary, Workers, prepare_corpus
+from ttsbench.progress import SuiteDisplay
 from ttsbench.results import RunStore
 from ttsbench.suite import ExecutorSpec, Job, Suite
 from ttsbench.train import resolve_device
@@ -82,6 +84,9 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
         log(f"{suite.name}: {len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
             f"({runner.name} executor) -> {store.root}")
         states: dict[str, str] = {}
+        display = SuiteDisplay(suite.name, [job.id for job in pending], lambda job_id: store.job_folder(job_id).progress,
+                               spec.parallel) if progress and pending else None
+        say = display.log if display else log
 
         def report(job: Job, outcome: dict[str, Any]) -> None:
             tries = store.attempts(job.id)
@@ -90,10 +95,13 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
             states[job.id] = outcome["state"]
             took = f" in {outcome['seconds']:.0f} s" if outcome.get("seconds") else ""
             detail = f": {outcome['error'].splitlines()[-1]}" if outcome.get("error") else ""
-            log(f"[{len(states)}/{len(pending)}] {job.id}: {outcome['state']}{took}, {len(outcome['rows'])} rows, "
+            say(f"[{len(states)}/{len(pending)}] {job.id}: {outcome['state']}{took}, {len(outcome['rows'])} rows, "
                 f"{tries} attempt(s){detail}")
+            if display:
+                display.ended(job.id)
 
-        runner.run(pending, suite.to_dict(), str(store.root), report, progress)
+        with display or contextlib.nullcontext():  # the display shows progress: the jobs' own bars stay off
+            runner.run(pending, suite.to_dict(), str(store.root), report, progress and display is None)
         return RunSummary(len(jobs), len(jobs) - len(pending), states)
 
 
@@ -147,11 +155,9 @@ def prepare_suite_corpus(suite: Suite, requests: Requests, workers: Workers) -> 
     """Make a synthetic corpus if needed, then check it and compute the pending jobs' features
     before the first job, so a broken corpus fails once, naming every problem, instead of
     failing every job, and no job extracts features itself."""
-    location = suite.prepare_corpus(workers.progress)
-    if location != "embedded" and not Path(location).is_dir():
-        raise UserError(f"{suite.path}: corpus {suite.corpus!r} is {location!r}, which is not a folder "
-                        "(set the variable or edit the suite)")
-    return prepare_corpus(location, requests, workers)
+    if problem := suite.corpus_folder_problem():
+        raise UserError(problem)
+    return prepare_corpus(suite.prepare_corpus(workers.progress), requests, workers)
 
 
 def job_features(jobs: Sequence[Job]) -> Requests:

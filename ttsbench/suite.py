@@ -38,6 +38,9 @@ Schema (every key but `systems` has a default):
                                    # was not trained on (DC-TTS) is heard through its own path,
                                    # Griffin-Lim; the reference job copies the recordings through
                                    # each vocoder the systems use (the ceilings)
+    tracking: none                 # or tensorboard: live curves, alignment images and validation
+                                   # audio under jobs/JOB/tensorboard (`tensorboard --logdir RUN`);
+                                   # the jsonl files stay the record, so it is not in the hash
     thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0, mcd: 8.0, wer: 0.3}
     price_per_hour: 3.06           # USD per device-hour, for the cost table
     executor: {type: local, parallel: 1, retries: 0, cpus_per_job: 1, gpus_per_job: 0, address: null}
@@ -77,6 +80,7 @@ from ttsbench.options import (
     FALLBACK_VOCODER,
     MAX_SEED,
     PRESETS,
+    TRACKERS,
     VOCODERS,
 )
 from ttsbench.synthetic import DIGIT_HARD_SENTENCES, CorpusSpec, cached_corpus, corpus_cache_path
@@ -219,6 +223,7 @@ class Suite:
     val_metrics: tuple[str, ...] = ()
     evaluation: Evaluation = field(default_factory=Evaluation)
     vocoder: str = DEFAULT_VOCODER
+    tracking: str = "none"
     thresholds: tuple[tuple[str, float], ...] = (
         ("alignment", 0.5), ("duration_change", 1.0), ("mel_l1_dtw", 1.0), ("mcd", 8.0), ("wer", 0.3))
     price_per_hour: float = 0.0
@@ -235,6 +240,18 @@ class Suite:
         folder ("embedded" stays as it is)."""
         spec = self.corpus_spec()
         return str(corpus_cache_path(spec)) if spec else os.path.expanduser(os.path.expandvars(self.corpus))
+
+    def corpus_folder_problem(self) -> str | None:
+        """Why a corpus folder cannot be used (an unset variable, no such folder), or None."""
+        location = self.corpus_location()
+        if self.corpus_spec() is not None or location == "embedded" or Path(location).is_dir():
+            return None
+        unset = [word for word in self.corpus.replace("${", "$").replace("}", "").split("/")
+                 if word.startswith("$") and word[1:] not in os.environ]
+        if unset:
+            return (f"{self.path}: corpus {self.corpus!r} names the environment variable {unset[0][1:]}, which is "
+                    f"not set; set it to an LJSpeech-1.1 folder (export {unset[0][1:]}=/path/to/LJSpeech-1.1)")
+        return f"{self.path}: corpus {self.corpus!r} is {location!r}, which is not a folder (set the variable or edit the suite)"
 
     def prepare_corpus(self, progress: bool = True) -> str:
         """`corpus_location()`, generating a synthetic corpus first if the cache lacks it."""
@@ -468,7 +485,7 @@ class _Checker:
 
 
 TOP_KEYS = ("name", "description", "corpus", "seeds", "device", "threads", "budget", "log_every", "checkpoint_every",
-            "validation", "evaluation", "vocoder", "thresholds", "price_per_hour", "executor", "systems", "claims")
+            "validation", "evaluation", "vocoder", "tracking", "thresholds", "price_per_hour", "executor", "systems", "claims")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -537,6 +554,8 @@ def _run_settings(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         values["device"] = check.choice(data["device"], ("device",), DEVICES)
     if "vocoder" in data:
         values["vocoder"] = check.choice(data["vocoder"], ("vocoder",), VOCODERS)
+    if "tracking" in data:
+        values["tracking"] = check.choice(data["tracking"], ("tracking",), TRACKERS)
     if "threads" in data:
         values["threads"] = check.number(data["threads"], ("threads",), int, 1, optional=True)
     if "budget" in data:

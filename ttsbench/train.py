@@ -48,6 +48,7 @@ from ttsbench.models import load_weights, read_checkpoint
 from ttsbench.models.base import TTSModel
 from ttsbench.options import DEVICES
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
+from ttsbench.tracking import TrainObserver
 
 SPLIT_SEED = 0  # every training seed sees the same train/val split
 
@@ -244,6 +245,21 @@ def _to_float(value: Any) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
+@dataclass
+class Validation:
+    """What one validation gives.
+
+    metrics:    mean measures over the validation utterances (WER/CER: corpus rates)
+    alignments: teacher-forced: `ID` -> soft attention [T_text, T_steps] where the model
+                attends, `ID/durations` -> frames per token (alignment maps and stability)
+    audio:      (ID, samples, rate) of each vocoded synthesis, when audio measures were scored
+    """
+
+    metrics: dict[str, float]
+    alignments: dict[str, np.ndarray]
+    audio: list[tuple[str, np.ndarray, int]]
+
+
 def validate(
     model: TTSModel,
     examples: Sequence[Example],
@@ -252,7 +268,8 @@ def validate(
     recordings: Sequence[Path] = (),
     audio_metrics: Sequence[str] = (),
     vocoder: str = vocoders.DEFAULT,
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    keep_audio: bool = False,
+) -> Validation:
     """Model-agnostic validation: free-running synthesis scored against the recordings.
 
     mel_l1_dtw is taken on natural-log mel magnitudes whatever the model's scaling, so the
@@ -261,14 +278,14 @@ def validate(
     recording in `recordings`), the synthesis is also vocoded (by `vocoder`, or the system's own
     path where that vocoder cannot serve it) and scored with those quality
     measures (MCD, WER, ...), as the final evaluation does; WER and CER are the corpus rates of
-    the validation set. Returns mean metrics (NaN-skipping) and
-    the teacher-forced alignments: `ID` -> soft attention where the model attends,
-    `ID/durations` -> frames per token (for alignment maps and stability).
+    the validation set. Returns mean metrics (NaN-skipping), the teacher-forced alignments and
+    the vocoded audio (see `Validation`; with `keep_audio` it is vocoded even when not scored).
     """
     if audio_metrics and len(recordings) != len(examples):
         raise ValueError("scoring validation audio needs one recording per validation example")
     metrics: dict[str, list[float]] = {}
     scored: list[dict[str, float]] = []
+    heard: list[tuple[str, np.ndarray, int]] = []
     speaker = SpeakerReference.of_files(recordings) if "speaker_sim" in audio_metrics else None
 
     def add(name: str, value: float) -> None:
@@ -280,8 +297,10 @@ def validate(
         synthesis = model.infer(torch.from_numpy(example.text_ids).to(device))
         reference = natural_log_mel(example.features["mel"], mel_config)
         add("mel_l1_dtw", mel_l1_dtw(reference, natural_log_mel(synthesis.mel, synthesis.audio_config)))
-        if audio_metrics:
+        if audio_metrics or keep_audio:
             waveform = voice.vocode(synthesis)
+            heard.append((example.id, waveform.audio, waveform.sample_rate))
+        if audio_metrics:
             audio, rate = waveform.audio, waveform.sample_rate
             recording, _ = read_mono(recordings[index], rate)
             try:
@@ -304,7 +323,7 @@ def validate(
             maps[f"{alignment.id}/durations"] = np.asarray(alignment.durations, dtype=np.int64)
     means = {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in metrics.items()}
     means.update({name: interval.value for name, interval in summarise(scored).items()})
-    return means, maps
+    return Validation(means, maps, heard)
 
 
 def duration_change(folder: TrainFolder, step: int, maps: Mapping[str, np.ndarray]) -> float | None:
@@ -499,9 +518,11 @@ class DivergenceGuard:
 class Trainer:
     """Runs one system on one corpus for a step budget, resuming from OUT if it holds a run."""
 
-    def __init__(self, model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions):
+    def __init__(self, model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions,
+                 observers: Sequence[TrainObserver] = ()):
         self.model = model
         self.corpus = corpus
+        self.observers = list(observers)
         self.folder = TrainFolder(Path(out_dir))
         self.out = self.folder.root
         self.options = options
@@ -534,7 +555,8 @@ class Trainer:
         """Refuse a folder of another system, config, seed or corpus before anything is written."""
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: exists and is not a folder")
-        if foreign := foreign_entries(self.out, self.folder.config.name, ours=(self.folder.attempts.name,)):
+        ours = (self.folder.attempts.name, self.folder.progress.name, self.folder.tensorboard.name)
+        if foreign := foreign_entries(self.out, self.folder.config.name, ours=ours):
             raise UserError(f"--out {self.out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
                             "but no ttsbench training run (no config.json); name a new or empty folder "
                             "(nothing was written)")
@@ -693,6 +715,8 @@ class Trainer:
                     if changed or step % options.log_every == 0 or done:
                         log.write(self._log_row(step, state, losses, values))
                         log.flush()
+                        for observer in self.observers:
+                            observer.on_step(step, state.seconds, losses, values)
                     previous = values
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.3f}", **{k: v for k, v in values.items() if k != "lr"})
@@ -720,8 +744,9 @@ class Trainer:
                   state: TrainState) -> dict[str, Any]:
         """Validate now, append the row to val.jsonl and return it."""
         # infer and alignment switch to eval mode without autograd and back (TTSModel.evaluating)
-        metrics, maps = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics,
-                                 self.options.vocoder)
+        result = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics,
+                          self.options.vocoder, keep_audio=any(o.wants_audio for o in self.observers))
+        metrics, maps = result.metrics, result.alignments
         change = duration_change(self.folder, state.step, maps)
         if change is not None:
             metrics["duration_change"] = change
@@ -732,6 +757,8 @@ class Trainer:
                **{f"seconds/{n}": round(s, 4) for n, s in state.network_seconds.items()}, **metrics}
         with self.folder.val.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+        for observer in self.observers:
+            observer.on_validation(row, maps, result.audio)
         return row
 
     def _write_result(self, status: str, state: TrainState, extra: dict[str, Any]) -> None:
@@ -749,15 +776,21 @@ class Trainer:
         atomic_write_json(self.folder.result, result)
 
 
-def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions) -> TrainResult:
+def train(model: TTSModel, corpus: Corpus, out_dir: str | Path, options: TrainOptions,
+          observers: Sequence[TrainObserver] = ()) -> TrainResult:
     """Train `model` on `corpus` into `out_dir`; resumes when `out_dir` holds a checkpoint.
 
     The one entry point for the CLI and suite jobs: a run that diverges is a result (state
     "diverged", with its message), not an exception, so every caller handles it the same way.
+    `observers` watch it as it goes (TensorBoard, the suite's progress display); they are
+    closed when it ends, however it ends.
     """
     try:
-        return Trainer(model, corpus, out_dir, options).run()
+        return Trainer(model, corpus, out_dir, options, observers).run()
     except TrainingDiverged as err:
         result = read_json(TrainFolder(Path(out_dir)).result, dict)
         return TrainResult("diverged", result["steps"], result["seconds"], result["samples"], Path(out_dir), {},
                            str(err))
+    finally:
+        for observer in observers:
+            observer.close()

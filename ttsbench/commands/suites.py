@@ -1,19 +1,45 @@
-"""`ttsbench run` and `ttsbench report`: suites and their run folders."""
+"""`ttsbench run`, `ttsbench plan` and `ttsbench report`: suites and their run folders."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from ttsbench.errors import UserError
+from ttsbench.plan import TRY_BATCH, TRY_STEPS, corpus_description, plan_jobs, plan_lines, try_suite
 from ttsbench.report import build_report
 from ttsbench.runner import run_suite
 from ttsbench.suite import load_suite
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    corpus = corpus_description(suite)
+    for line in plan_lines(suite, plan_jobs(suite, args.out), corpus):
+        print(line)
+    if not args.try_jobs:
+        return 0
+    print(f"\ntrying each variant on {args.device} ({TRY_STEPS} training steps on a batch of {TRY_BATCH}, one synthesis):",
+          flush=True)
+    started = time.perf_counter()
+    outcomes = try_suite(suite, args.device, lambda line: print(line, flush=True))
+    failed = [o.variant for o in outcomes if o.error]
+    print(f"tried {len(outcomes)} variants in {time.perf_counter() - started:.0f} s: "
+          + (f"{len(failed)} would fail: {', '.join(failed)}" if failed else "none would fail"))
+    return 1 if failed else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.plan:
+        return cmd_plan(argparse.Namespace(suite=args.suite, out=args.out, try_jobs=args.try_jobs, device="auto"))
+    if args.try_jobs:
+        raise UserError("--try goes with --plan (or use `ttsbench plan SUITE --try`)")
+    if not args.out:
+        raise UserError("--out is required: the run folder (results.jsonl, jobs.json, jobs/JOB/)")
     suite = load_suite(args.suite)
     spec = suite.executor
     if args.executor:

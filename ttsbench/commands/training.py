@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ttsbench import models
+from ttsbench.folders import TrainFolder
 from ttsbench.prepare import Workers, prepare_corpus
+from ttsbench.tracking import TensorBoard, require_tensorboard
 from ttsbench.train import TrainOptions, train
 
 
@@ -18,6 +21,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = models.config_for(args.system, args.preset, args.set or [])
+    if args.tensorboard:
+        require_tensorboard()  # before the corpus is prepared, not after
     with Workers(progress=not args.quiet) as pool:
         corpus, _ = prepare_corpus(args.corpus, models.feature_requests([(args.system, config)]), pool)
     model = models.build(args.system, config, seed=args.seed)
@@ -32,7 +37,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     print(f"{args.system} ({args.preset}): {model.num_parameters():,} parameters, corpus {corpus.name}, out {args.out}")
-    result = train(model, corpus, args.out, options)
+    observers = [TensorBoard(TrainFolder(Path(args.out)).tensorboard)] if args.tensorboard else []
+    result = train(model, corpus, args.out, options, observers)
     if result.state == "diverged":
         print(f"error: {args.system} {result.message}", file=sys.stderr)
         return 3
