@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check ttsbench tests scripts peer
+	$(BIN)/ruff check ttsbench tests scripts peer examples
 
 # The default benchmark: the suite (resumes if RUN holds part of it), the pytest-benchmark speed
 # comparisons into the run folder, then the report into reports/. A failed job is recorded in

@@ -58,6 +58,7 @@ class StatusFile(TrainObserver):
     def on_validation(self, row: Mapping[str, Any], alignments: Mapping[str, np.ndarray],
                       audio: Sequence[tuple[str, np.ndarray, int]]) -> None:
         self.status["val"] = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not k.startswith("seconds/")}
+        self.status.update(step=row["step"], seconds=row["seconds"])  # validation comes before its step's log row
         self.write()
 
     def write(self) -> None:
