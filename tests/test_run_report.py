@@ -232,6 +232,70 @@ def test_ray_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp
     assert set(ray_rows) == set(row_keys(RunStore(smoke_run).results()))
 
 
+def slurm_is_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.split()
+    return any(state in ("idle", "mixed", "allocated") for state in states)
+
+
+needs_slurm = pytest.mark.skipif(not slurm_is_up(), reason="no Slurm running here (sudo scripts/local_slurm.sh "
+                                 "install && sudo scripts/local_slurm.sh start)")
+
+
+@needs_slurm
+def test_slurm_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp_path):
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install 'ttsbench[slurm]')")
+    out = tmp_path / "slurm-run"
+    done = run_cli("run", str(suite_with_broken_job(tmp_path, "slurm", keep_systems=True)), "--out", str(out),
+                   "--quiet", timeout=1200)
+    assert done.returncode == 1, done.stdout + done.stderr
+    jobs = RunStore(out).jobs()
+    assert jobs["fs2-broken_seed0"]["state"] == "failed" and jobs["fs2-broken_seed0"]["attempts"] == 2
+    assert "/nonexistent/durations" in jobs["fs2-broken_seed0"]["error"]
+    assert all(info["state"] == "finished" for job, info in jobs.items() if job != "fs2-broken_seed0")
+    slurm_rows = row_keys(RunStore(out).results())
+    assert len(slurm_rows) == len(set(slurm_rows))
+    assert set(slurm_rows) == set(row_keys(RunStore(smoke_run).results()))
+
+
+@needs_slurm
+def test_scancel_mid_job_then_rerun_resumes_from_the_checkpoint(smoke_run, tmp_path):
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install 'ttsbench[slurm]')")
+    out = tmp_path / "cancelled"
+    command = [sys.executable, "-m", "ttsbench", "run", str(SMOKE), "--out", str(out), "--quiet", "--executor", "slurm"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cancelled = None
+    deadline = time.monotonic() + 600
+    while cancelled is None and time.monotonic() < deadline and driver.poll() is None:
+        training = [d.name for d in (out / "jobs").glob("*_seed0")
+                    if (d / "checkpoint.pt").is_file() and not (d / "result.json").is_file()]
+        for job in training:
+            ids = subprocess.run(["squeue", "-h", "-n", f"ttsbench-{job}", "-o", "%i"], capture_output=True,
+                                 text=True, timeout=30).stdout.split()
+            if ids:
+                subprocess.run(["scancel", ids[0]], check=True, timeout=30)
+                cancelled = job
+                break
+        time.sleep(0.05)
+    output = driver.communicate(timeout=900)[0]
+    assert cancelled, "never caught a job mid-training"
+    assert driver.returncode == 1, output
+    assert RunStore(out).jobs()[cancelled]["state"] == "failed"
+    assert "ended without a result (cancelled" in RunStore(out).jobs()[cancelled]["error"]
+
+    resumed = run_cli("run", str(SMOKE), "--out", str(out), "--quiet", "--executor", "slurm", timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "5 already done, 1 to run" in resumed.stdout
+    folder = out / "jobs" / cancelled
+    assert len((folder / "attempts.jsonl").read_text().splitlines()) == 2  # cancelled, then resumed
+    log_steps = [json.loads(line)["step"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert log_steps == sorted(set(log_steps)) == [0, 1, 2, 3], "the resumed training repeated or lost steps"
+    recovered = row_keys(RunStore(out).results())
+    assert len(recovered) == len(set(recovered)), "duplicate rows after resume"
+    assert set(recovered) == set(row_keys(RunStore(smoke_run).results()))
+
+
 def test_report_names_a_damaged_results_line_and_can_skip_it(smoke_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)

@@ -10,16 +10,23 @@ per job, from the driver's process, when the job has ended: outcome is `execute`
 - `RayExecutor`: each job a Ray task with the suite's CPUs/GPUs per job, on a running cluster
   (`address`) or a local instance. Workers write checkpoints and audio under the run folder,
   which must be on storage every node reaches; results come back to the driver as data.
+- `SlurmExecutor`: each job an sbatch job (through submitit) on the same terms as Ray's.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+import subprocess
+import sys
 import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 from ttsbench.errors import UserError
@@ -30,6 +37,12 @@ from ttsbench.suite import ExecutorSpec, Job
 
 Report = Callable[[Job, dict[str, Any]], None]
 RAY_INSTALL_HINT = "the Ray executor needs Ray: pip install 'ttsbench[ray]' (or: pip install 'ray[default]')"
+SLURM_INSTALL_HINT = "the Slurm executor needs submitit: pip install 'ttsbench[slurm]'"
+
+try:
+    from submitit.helpers import Checkpointable
+except ImportError:  # the slurm extra is not installed: make_executor says so when a suite asks for it
+    Checkpointable = object
 
 
 def _error_text(err: BaseException) -> str:
@@ -131,7 +144,96 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
 
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+class _SlurmJob(Checkpointable):
+    """What one sbatch job runs: `execute`, requeued on preemption or timeout (submitit's
+    checkpoint protocol); a requeued job resumes from its last checkpoint, as a re-run does."""
+
+    def __call__(self, job_data: dict[str, Any], suite: dict[str, Any], root: str) -> dict[str, Any]:
+        return execute(job_data, suite, root, False)
+
+
+SLURM_GONE = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
+SLURM_POLL_S = 2.0
+
+
+class SlurmExecutor(Executor):
+    """Each job one sbatch job (submitit), on a shared run folder, as the Ray executor's contract:
+    the driver alone appends results, a failed job is resubmitted `retries` times then recorded.
+
+    Job state comes from the job's result file and `squeue` (no accounting daemon needed): a
+    job that left the queue, or was cancelled or killed, without a result has failed. Jobs still
+    queued or running when the driver stops (Ctrl-C, an error) are cancelled, so a re-run never
+    races one; their checkpoints stay, and the re-run resumes them.
+    """
+
+    name = "slurm"
+
+    def run(self, jobs: Sequence[Job], suite: Mapping[str, Any], root: str, report: Report, progress: bool) -> None:
+        slurm = self._slurm_executor(Path(root) / "slurm")
+        pending = {self._submit(slurm, job, suite, root): (job, 0) for job in jobs}
+        try:
+            while pending:
+                time.sleep(SLURM_POLL_S)
+                for handle in [h for h in pending if _slurm_ended(h)]:
+                    job, attempt = pending.pop(handle)
+                    outcome = _slurm_outcome(handle)
+                    if outcome["state"] == "failed" and attempt < self.spec.retries:
+                        print(f"[{job.id}] attempt {attempt + 1} failed, retrying: "
+                              f"{outcome['error'].splitlines()[-1]}", flush=True)
+                        pending[self._submit(slurm, job, suite, root)] = (job, attempt + 1)
+                        continue
+                    report(job, outcome)
+        finally:
+            for handle in pending:
+                handle.cancel(check=False)
+
+    def _slurm_executor(self, folder: Path) -> Any:
+        import submitit
+
+        slurm = submitit.SlurmExecutor(folder=str(folder), python=sys.executable, max_num_timeout=3)
+        options: dict[str, Any] = {"cpus_per_task": max(1, math.ceil(self.spec.cpus_per_job)), "signal_delay_s": 120}
+        if self.spec.gpus_per_job:
+            options["gpus_per_node"] = math.ceil(self.spec.gpus_per_job)
+        if self.spec.partition:
+            options["partition"] = self.spec.partition
+        if self.spec.time_limit:
+            options["time"] = math.ceil(self.spec.time_limit)
+        slurm.update_parameters(**options)
+        return slurm
+
+    def _submit(self, slurm: Any, job: Job, suite: Mapping[str, Any], root: str) -> Any:
+        slurm.update_parameters(job_name=f"ttsbench-{job.id}")
+        return slurm.submit(_SlurmJob(), job.to_dict(), dict(suite), root)
+
+
+def _slurm_ended(handle: Any) -> bool:
+    """The job wrote its result, or Slurm no longer runs it (left the queue, cancelled, killed)."""
+    if handle.paths.result_pickle.exists():
+        return True
+    try:
+        state = subprocess.run(["squeue", "-h", "-j", str(handle.job_id), "-o", "%T", "--states=all"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False  # squeue unavailable for a moment: ask again next poll
+    return state == "" or state.split()[0] in SLURM_GONE | {"COMPLETED"}
+
+
+def _slurm_outcome(handle: Any, settle_s: float = 30.0) -> dict[str, Any]:
+    """The job's result; a job that ended without one failed. On shared storage the result file
+    can show up a little after the queue says COMPLETED, so it is waited for a while."""
+    deadline = time.monotonic() + settle_s
+    while not handle.paths.result_pickle.exists() and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if not handle.paths.result_pickle.exists():
+        return failed(f"slurm job {handle.job_id} ended without a result (cancelled, killed or out of time; "
+                      f"its log: {handle.paths.stderr})")
+    try:
+        return handle.result()
+    except Exception as err:  # noqa: BLE001 - the job raised: recorded as the job's error
+        return failed(_error_text(err))
+
+
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor, "slurm": SlurmExecutor}
 assert tuple(EXECUTORS) == EXECUTOR_TYPES, "suite.EXECUTOR_TYPES names the executors a suite may choose"
 
 
@@ -143,5 +245,11 @@ def make_executor(spec: ExecutorSpec) -> Executor:
             import ray  # noqa: F401
         except ImportError:
             raise UserError(RAY_INSTALL_HINT) from None
+    if spec.type == "slurm":
+        if Checkpointable is object:
+            raise UserError(SLURM_INSTALL_HINT)
+        if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+            raise UserError("the Slurm executor needs Slurm's sbatch and squeue on PATH (this is not a Slurm "
+                            "login node?); scripts/local_slurm.sh starts a one-node Slurm here")
     return EXECUTORS[spec.type](spec)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
-EXECUTOR_TYPES = ("local", "ray")  # the keys of executors.EXECUTORS (that module checks it)
+EXECUTOR_TYPES = ("local", "ray", "slurm")  # the keys of executors.EXECUTORS (that module checks it)
 Preset = Literal["tiny", "full"]
 PRESETS: tuple[str, ...] = typing.get_args(Preset)  # what suites and the CLI offer
 DEVICES = ("cpu", "cuda", "auto")  # where a model may run ("auto": cuda when present)

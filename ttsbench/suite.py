@@ -44,6 +44,7 @@ Schema (every key but `systems` has a default):
     thresholds: {alignment: 0.5, duration_change: 1.0, mel_l1_dtw: 1.0, mcd: 8.0, wer: 0.3}
     price_per_hour: 3.06           # USD per device-hour, for the cost table
     executor: {type: local, parallel: 1, retries: 0, cpus_per_job: 1, gpus_per_job: 0, address: null}
+    executor: {type: slurm, partition: gpu, time_limit: 1500, cpus_per_job: 8, gpus_per_job: 1, retries: 1}
     systems:
       - system: tacotron-gradual   # a registered name (`ttsbench list`)
         variant: tacotron-r2       # label in tables (default: the system name); unique
@@ -159,12 +160,18 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class ExecutorSpec:
+    """Where jobs run. local: `parallel` child processes; ray: tasks of `cpus_per_job` and
+    `gpus_per_job` on the cluster at `address`; slurm: one sbatch job each, on `partition`, with
+    `time_limit` minutes (requeued jobs resume from their checkpoint)."""
+
     type: str = "local"
     parallel: int = 1
     retries: int = 0
     cpus_per_job: float = 1
     gpus_per_job: float = 0
     address: str | None = None
+    partition: str | None = None
+    time_limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -610,8 +617,11 @@ def _executor(check: _Checker, value: Any) -> ExecutorSpec:
                                ("gpus_per_job", float, 0)):
         if key in executor:
             values[key] = check.number(executor[key], ("executor", key), kind, minimum)
-    if executor.get("address") is not None:
-        values["address"] = str(executor["address"])
+    if "time_limit" in executor:
+        values["time_limit"] = check.number(executor["time_limit"], ("executor", "time_limit"), float, 1)
+    for key in ("address", "partition"):
+        if executor.get(key) is not None:
+            values[key] = str(executor[key])
     return ExecutorSpec(**{k: v for k, v in values.items() if v is not None})
 
 
