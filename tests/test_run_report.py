@@ -232,6 +232,70 @@ def test_ray_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp
     assert set(ray_rows) == set(row_keys(RunStore(smoke_run).results()))
 
 
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_ray_on_two_nodes_matches_local_rows_and_survives_a_killed_raylet(smoke_run, tmp_path):
+    """Two raylets of one CPU each (a job needs one), the run folder shared: jobs that overlap in
+    time ran on different nodes. The worker node is killed while one of its jobs trains: Ray
+    retries that job on the head node, which resumes it from its checkpoint."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ttsbench[ray]'); the Ray executor is untested")
+    psutil = pytest.importorskip("psutil")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    worker_raylet = worker.all_processes["raylet"][0].process.pid
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SMOKE.read_text("utf-8") + "executor: {type: ray, retries: 1, cpus_per_job: 1}\n", "utf-8")
+    out = tmp_path / "ray2"
+    command = [sys.executable, "-m", "ttsbench", "run", str(suite), "--out", str(out), "--quiet", "--address",
+               cluster.address]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + 600
+        while killed is None and time.monotonic() < deadline and driver.poll() is None:
+            killed = _training_under(out, worker_raylet, psutil)
+            time.sleep(0.05)
+        if killed:
+            cluster.remove_node(worker, allow_graceful=False)
+        output = driver.communicate(timeout=900)[0]
+    finally:
+        driver.kill()
+        cluster.shutdown()
+    assert killed, "never caught a job training on the worker node"
+    assert driver.returncode == 0, output
+    assert len((out / "jobs" / killed / "attempts.jsonl").read_text().splitlines()) == 2  # killed, then retried
+    spans = [_span(folder) for folder in (out / "jobs").iterdir()]
+    assert any(_overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1:]), "no two jobs ran at once"
+    rows = row_keys(RunStore(out).results())
+    assert len(rows) == len(set(rows)), "duplicate rows after the retry"
+    assert set(rows) == set(row_keys(RunStore(smoke_run).results()))
+
+
+def _training_under(out: Path, raylet: int, psutil) -> str | None:
+    """A job past its first checkpoint, still training, in a worker process of that raylet."""
+    for folder in (out / "jobs").glob("*_seed0"):
+        if not (folder / "checkpoint.pt").is_file() or (folder / "result.json").is_file():
+            continue
+        pid = json.loads((folder / "attempts.jsonl").read_text().splitlines()[-1])["pid"]
+        try:
+            if raylet in [p.pid for p in psutil.Process(pid).parents()]:
+                return folder.name
+        except psutil.Error:
+            continue
+    return None
+
+
+def _span(folder: Path) -> tuple[float, float]:
+    """A job's first start and the moment it last wrote its progress."""
+    started = json.loads((folder / "attempts.jsonl").read_text().splitlines()[0])["started"]
+    return started, (folder / "progress.json").stat().st_mtime
+
+
 def slurm_is_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
