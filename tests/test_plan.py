@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ttsbench import cli, models
-from ttsbench.plan import corpus_description, plan_jobs, plan_lines, try_suite
+from ttsbench.audio import AudioConfig
+from ttsbench.models import Synthesis
+from ttsbench.plan import corpus_description, first_seconds, plan_jobs, plan_lines, try_suite
 from ttsbench.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +85,13 @@ def test_run_plan_trains_nothing(suite_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["run", str(suite_file), "--out", str(out), "--plan"]) == 0
     assert "glow-tts_seed0" in capsys.readouterr().out and not out.exists()
+
+
+def test_try_vocodes_only_the_first_seconds_of_a_synthesis():
+    """An untrained autoregressive model at a full preset runs to its guard: minutes of frames."""
+    mel_config, linear_config = AudioConfig(), AudioConfig(hop_length=276, n_fft=2048, win_length=1102)
+    synthesis = Synthesis(mel=np.zeros((5000, 80)), audio_config=mel_config, linear=np.zeros((20000, 1025)),
+                          linear_audio_config=linear_config)
+    cut = first_seconds(synthesis, 2.0)
+    assert cut.mel.shape == (172, 80) and cut.linear.shape == (159, 1025)  # 2 s at hops of 256 and 276
+    assert first_seconds(Synthesis(mel=np.zeros((50, 80)), audio_config=mel_config), 2.0).mel.shape == (50, 80)

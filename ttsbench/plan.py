@@ -4,8 +4,9 @@ A suite meant for days of GPU time should fail in minutes on a laptop if it is g
 `plan` validates the suite, names the corpus it will use (or generate), lists the job matrix
 with each job's budget, config hash and state in `--out`, and totals device-hours and cost from
 the budgets' caps. `try_suite` then builds every variant's model at its preset and runs two
-training steps on a batch of two of the suite's own utterances and one synthesis through the
-suite's vocoder, on the device at hand: shapes, overrides, memory and the vocoder path, checked.
+training steps on a batch of two of the suite's own utterances and one synthesis (its first
+seconds vocoded through the suite's vocoder), on the device at hand: shapes, overrides, memory
+and the vocoder path, checked.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ttsbench import models, vocoders
+from ttsbench.audio import AudioConfig
 from ttsbench.batches import collate
 from ttsbench.data import Corpus, CorpusListing, check_listed_audio, load_corpus, read_metadata
 from ttsbench.errors import UserError
+from ttsbench.models import Synthesis
 from ttsbench.options import EMBEDDED
 from ttsbench.results import RunStore
 from ttsbench.suite import Job, Suite
@@ -38,6 +41,7 @@ from ttsbench.train import (
 
 TRY_STEPS = 2
 TRY_BATCH = 2
+TRY_VOCODED_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -164,9 +168,21 @@ def try_variant(job: Job, corpus: Corpus, device: torch.device, vocoder: str) ->
         for network, optimizer in optimizers.items():
             optimizer_update(model, network, optimizer, batch, step)
     synthesis = model.infer(torch.from_numpy(examples[0].text_ids).to(device))
-    vocoders.for_model(vocoder, model).vocode(synthesis)
+    vocoders.for_model(vocoder, model).vocode(first_seconds(synthesis, TRY_VOCODED_SECONDS))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return TryOutcome(job.variant, model.num_parameters(), time.perf_counter() - started, peak)
+
+
+def first_seconds(synthesis: Synthesis, seconds: float) -> Synthesis:
+    """The synthesis cut to its first `seconds`: an untrained autoregressive model runs to its
+    length guard (minutes of audio at a full preset), and the vocoder's path is checked on less."""
+    def frames(config: AudioConfig) -> int:
+        return max(1, int(seconds * config.sample_rate / config.hop_length))
+
+    linear = synthesis.linear
+    if linear is not None and synthesis.linear_audio_config is not None:
+        linear = linear[: frames(synthesis.linear_audio_config)]
+    return replace(synthesis, mel=synthesis.mel[: frames(synthesis.audio_config)], linear=linear)
 
 
 def try_suite(suite: Suite, device: str, log: Callable[[str], Any]) -> list[TryOutcome]:

@@ -33,6 +33,7 @@ from ttsbench.fileio import foreign_entries
 from ttsbench.models import config_for, feature_requests
 from ttsbench.prepare import PrepareSummary, Workers, prepare_corpus
 from ttsbench.progress import SuiteDisplay
+from ttsbench.tracking import require_tensorboard
 from ttsbench.results import RunStore
 from ttsbench.suite import ExecutorSpec, Job, Suite
 from ttsbench.train import resolve_device
@@ -59,6 +60,8 @@ def run_suite(suite: Suite, out: str | Path, executor: ExecutorSpec | None = Non
     """
     spec = executor or suite.executor
     runner = make_executor(spec)
+    if suite.tracking == "tensorboard":
+        require_tensorboard()  # refused here, not in every job
     store = RunStore(out, skip_damaged=skip_damaged)
     created = _claim_folder(store.root)
     had_lock = (store.root / ".lock").exists()

@@ -14,6 +14,7 @@ from ttsbench.plan import TRY_BATCH, TRY_STEPS, corpus_description, plan_jobs, p
 from ttsbench.report import build_report
 from ttsbench.runner import run_suite
 from ttsbench.suite import load_suite
+from ttsbench.train import resolve_device
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -23,8 +24,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(line)
     if not args.try_jobs:
         return 0
-    print(f"\ntrying each variant on {args.device} ({TRY_STEPS} training steps on a batch of {TRY_BATCH}, one synthesis):",
-          flush=True)
+    print(f"\ntrying each variant on {resolve_device(args.device)} ({TRY_STEPS} training steps on a batch of "
+          f"{TRY_BATCH}, one synthesis):", flush=True)
     started = time.perf_counter()
     outcomes = try_suite(suite, args.device, lambda line: print(line, flush=True))
     failed = [o.variant for o in outcomes if o.error]
