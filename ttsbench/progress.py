@@ -209,7 +209,8 @@ class SuiteDisplay:
         line = f"{self.name}: {len(done)}/{len(self.jobs)} done, {len(self.running())} running, {_minutes(elapsed)} elapsed"
         trained = [t.ended - t.started for t in done if t.status.get("step") and t.started and t.ended]
         if trained and len(done) < len(self.jobs):  # the reference job, which trains nothing, says nothing of the rest
-            left = sum(trained) / len(trained) * (len(self.jobs) - len(done)) / min(self.parallel, len(self.jobs) - len(done))
+            lanes = min(max(self.parallel, len(self.running())), len(self.jobs) - len(done))  # Ray, Slurm: many
+            left = sum(trained) / len(trained) * (len(self.jobs) - len(done)) / lanes
             line += f", about {left / 60:.0f} min left (from the mean job so far)"
         return line
 
