@@ -360,6 +360,48 @@ def test_scancel_mid_job_then_rerun_resumes_from_the_checkpoint(smoke_run, tmp_p
     assert set(recovered) == set(row_keys(RunStore(smoke_run).results()))
 
 
+REQUEUE_SUITE = """\
+name: requeue
+corpus: embedded
+seeds: [0]
+device: cpu
+threads: 1
+budget: {steps: 80}
+log_every: 1
+checkpoint_every: 10
+validation: {every: 40, utterances: 1}
+evaluation: {utterances: 1, metrics: [mcd], rtf_sentences: 1, rtf_repeats: 1, hard_sentences: 0, audio_samples: 0}
+executor: {type: slurm}
+systems:
+  - {system: glow-tts, set: {max_inference_frames: 300}}
+"""
+
+
+@needs_slurm
+def test_a_requeued_slurm_job_resumes_from_its_checkpoint(tmp_path):
+    """What preemption with requeue does: Slurm stops the job and starts it again; the driver
+    waits it out and the job goes on from its last checkpoint, each step trained once."""
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install 'ttsbench[slurm]')")
+    suite, out = tmp_path / "requeue.yaml", tmp_path / "run"
+    suite.write_text(REQUEUE_SUITE, "utf-8")
+    driver = subprocess.Popen([sys.executable, "-m", "ttsbench", "run", str(suite), "--out", str(out), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder, requeued = out / "jobs" / "glow-tts_seed0", False
+    deadline = time.monotonic() + 600
+    while not requeued and driver.poll() is None and time.monotonic() < deadline:
+        if (folder / "checkpoint.pt").is_file() and not (folder / "result.json").is_file():
+            ids = subprocess.run(["squeue", "-h", "-n", "ttsbench-glow-tts_seed0", "-o", "%i"], capture_output=True,
+                                 text=True, timeout=30).stdout.split()
+            requeued = bool(ids) and subprocess.run(["scontrol", "requeue", ids[0]], timeout=30).returncode == 0
+        time.sleep(0.1)
+    output = driver.communicate(timeout=600)[0]
+    assert requeued, "never caught the job mid-training"
+    assert driver.returncode == 0 and "glow-tts_seed0: finished" in output, output
+    assert len((folder / "attempts.jsonl").read_text().splitlines()) == 2
+    steps = [json.loads(line)["step"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(80))
+
+
 def test_report_names_a_damaged_results_line_and_can_skip_it(smoke_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
