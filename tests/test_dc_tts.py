@@ -72,6 +72,7 @@ def test_presets_front_end_sizes_and_recipe() -> None:
     assert full.ssrn_train_window is None
     assert (tiny.embedding_dim, tiny.hidden_dim, tiny.ssrn_channels, tiny.dilations) == (32, 64, 128, (1, 3))
     assert (tiny.batch_size, tiny.learning_rate, tiny.optimizer) == (8, 1e-3, "adam")
+    assert tiny.ssrn_train_window == 16  # 0.8 s windows (see the preset)
 
 
 def test_config_round_trips_through_a_dict() -> None:
