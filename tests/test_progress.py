@@ -58,7 +58,7 @@ def test_plain_display_prints_a_line_per_start_validation_and_end_not_per_step(t
     lines = out.getvalue().splitlines()
     assert lines[:3] == ["a_seed0  training  step 10", "b_seed0  training  step 20  val wer 1 @200",
                          "b_seed0  evaluating  step 400  val wer 0.10 @400"]
-    assert lines[3].startswith("cpu: 1/3 done, 1 running, 0:00 elapsed, about 0 min left")
+    assert lines[3] == "cpu: 1/3 done, 1 running, 0:00 elapsed, ~0 min left"
     assert display.running() == ["a_seed0"] and "\r" not in out.getvalue()
 
 
@@ -100,3 +100,15 @@ def test_tensorboard_events_hold_scalars_alignment_images_and_audio(tmp_path, em
     assert [e.step for e in events.Scalars("val/mel_l1_dtw")] == [2, 4]
     assert tags["images"] and all(t.startswith("alignment/") for t in tags["images"])
     assert tags["audio"] and events.Audio(tags["audio"][0])[0].sample_rate == 22050
+
+
+def test_time_left_counts_jobs_not_started_and_what_running_ones_have_left(tmp_path, monkeypatch):
+    display = SuiteDisplay("cpu", ["a", "b", "c", "d"], lambda j: tmp_path / j, parallel=2, live=False,
+                           stream=io.StringIO())
+    assert display.seconds_left() is None  # nothing finished yet: no estimate
+    now = 1000.0
+    monkeypatch.setattr(time, "time", lambda: now)
+    display.jobs["a"].started, display.jobs["a"].ended, display.jobs["a"].status = 0.0, 600.0, {"step": 5}
+    display.jobs["b"].started, display.jobs["b"].status = 800.0, {"step": 3}  # running for 200 s of a 600-s mean
+    # c and d not started: 600 s each; b: 400 s left; over 2 lanes
+    assert display.seconds_left() == pytest.approx((600 + 600 + 400) / 2)

@@ -203,16 +203,28 @@ class SuiteDisplay:
         return [j for j, t in self.jobs.items() if t.started is not None and t.ended is None]
 
     def suite_line(self) -> str:
-        """`cpu: 3/11 done, 2 running, 12:31 elapsed, about 14 min left`."""
+        """`cpu: 3/11 done, 2 running, 12:31 elapsed, ~14 min left`."""
         done = [t for t in self.jobs.values() if t.ended is not None]
         elapsed = time.time() - self.began
         line = f"{self.name}: {len(done)}/{len(self.jobs)} done, {len(self.running())} running, {_minutes(elapsed)} elapsed"
-        trained = [t.ended - t.started for t in done if t.status.get("step") and t.started and t.ended]
-        if trained and len(done) < len(self.jobs):  # the reference job, which trains nothing, says nothing of the rest
-            lanes = min(max(self.parallel, len(self.running())), len(self.jobs) - len(done))  # Ray, Slurm: many
-            left = sum(trained) / len(trained) * (len(self.jobs) - len(done)) / lanes
-            line += f", about {left / 60:.0f} min left (from the mean job so far)"
+        if (left := self.seconds_left()) is not None:
+            line += f", ~{left / 60:.0f} min left"
         return line
+
+    def seconds_left(self) -> float | None:
+        """The mean finished job's wall time for each job not started, and what that mean leaves
+        of each running one, over the lanes; None before a training job has finished (the
+        reference job, which trains nothing, says nothing of the rest)."""
+        now = time.time()
+        trained = [t.ended - t.started for t in self.jobs.values()
+                   if t.ended is not None and t.started is not None and t.status.get("step")]
+        open_jobs = [t for t in self.jobs.values() if t.ended is None]
+        if not trained or not open_jobs:
+            return None
+        mean = sum(trained) / len(trained)
+        work = sum(mean if t.started is None else max(mean - (now - t.started), 0.0) for t in open_jobs)
+        lanes = min(max(self.parallel, len(self.running())), len(open_jobs))  # Ray, Slurm: as many as run
+        return work / lanes
 
     def render(self) -> Any:
         from rich.text import Text
