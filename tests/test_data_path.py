@@ -43,7 +43,7 @@ RECORDED_RECIPES = {
         "attention_rnn_dim=64", "attention_dim=32", "decoder_rnn_dim=64", "postnet_channels=32",
         "postnet_projection_dim=64", "gradual_training=[[0, 6, 8], [100, 4, 8], [200, 3, 8], [300, 2, 4]]",
     ],
-    "dc-tts": ["audio.n_fft=2048", "audio.win_length=1102", "mean_output_init=false"],
+    "dc-tts": ["audio.n_fft=2048", "audio.win_length=1102", "mean_output_init=false", "ssrn_train_window=32"],
     "rl-duration": ["decoder_units=32", "learning_rate=0.001", "decoder_target=first"],
 }
 
