@@ -217,19 +217,36 @@ def test_local_executor_retries_a_failing_job_then_records_it_and_goes_on(tmp_pa
     assert "attempt 1 failed, retrying" in done.stdout
 
 
-def test_ray_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp_path):
-    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ttsbench[ray]'); the Ray executor is untested")
-    out = tmp_path / "ray-run"
-    done = run_cli("run", str(suite_with_broken_job(tmp_path, "ray", keep_systems=True)), "--out", str(out),
-                   "--quiet", timeout=900)
+def slurm_is_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.split()
+    return any(state in ("idle", "mixed", "allocated") for state in states)
+
+
+needs_slurm = pytest.mark.skipif(not slurm_is_up(), reason="no Slurm running here (sudo scripts/local_slurm.sh "
+                                 "install && sudo scripts/local_slurm.sh start)")
+
+
+REMOTE_PACKAGES = {"ray": ("ray", "Ray is not installed (pip install 'ttsbench[ray]')"),
+                   "slurm": ("submitit", "submitit is not installed (pip install 'ttsbench[slurm]')")}
+
+
+@pytest.mark.parametrize("executor", ["ray", pytest.param("slurm", marks=needs_slurm)])
+def test_remote_executor_matches_local_rows_and_records_a_failed_job(executor, smoke_run, tmp_path):
+    pytest.importorskip(REMOTE_PACKAGES[executor][0], reason=REMOTE_PACKAGES[executor][1])
+    out = tmp_path / f"{executor}-run"
+    done = run_cli("run", str(suite_with_broken_job(tmp_path, executor, keep_systems=True)), "--out", str(out),
+                   "--quiet", timeout=1200)
     assert done.returncode == 1, done.stdout + done.stderr
     jobs = RunStore(out).jobs()
     assert jobs["fs2-broken_seed0"]["state"] == "failed"
     assert jobs["fs2-broken_seed0"]["attempts"] == 2  # tried, retried once, then recorded
+    assert "/nonexistent/durations" in jobs["fs2-broken_seed0"]["error"]
     assert all(info["state"] == "finished" for job, info in jobs.items() if job != "fs2-broken_seed0")
-    ray_rows = row_keys(RunStore(out).results())
-    assert len(ray_rows) == len(set(ray_rows))
-    assert set(ray_rows) == set(row_keys(RunStore(smoke_run).results()))
+    rows = row_keys(RunStore(out).results())
+    assert len(rows) == len(set(rows))
+    assert set(rows) == set(row_keys(RunStore(smoke_run).results()))
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -294,33 +311,6 @@ def _span(folder: Path) -> tuple[float, float]:
     """A job's first start and the moment it last wrote its progress."""
     started = json.loads((folder / "attempts.jsonl").read_text().splitlines()[0])["started"]
     return started, (folder / "progress.json").stat().st_mtime
-
-
-def slurm_is_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.split()
-    return any(state in ("idle", "mixed", "allocated") for state in states)
-
-
-needs_slurm = pytest.mark.skipif(not slurm_is_up(), reason="no Slurm running here (sudo scripts/local_slurm.sh "
-                                 "install && sudo scripts/local_slurm.sh start)")
-
-
-@needs_slurm
-def test_slurm_executor_matches_local_rows_and_records_a_failed_job(smoke_run, tmp_path):
-    pytest.importorskip("submitit", reason="submitit is not installed (pip install 'ttsbench[slurm]')")
-    out = tmp_path / "slurm-run"
-    done = run_cli("run", str(suite_with_broken_job(tmp_path, "slurm", keep_systems=True)), "--out", str(out),
-                   "--quiet", timeout=1200)
-    assert done.returncode == 1, done.stdout + done.stderr
-    jobs = RunStore(out).jobs()
-    assert jobs["fs2-broken_seed0"]["state"] == "failed" and jobs["fs2-broken_seed0"]["attempts"] == 2
-    assert "/nonexistent/durations" in jobs["fs2-broken_seed0"]["error"]
-    assert all(info["state"] == "finished" for job, info in jobs.items() if job != "fs2-broken_seed0")
-    slurm_rows = row_keys(RunStore(out).results())
-    assert len(slurm_rows) == len(set(slurm_rows))
-    assert set(slurm_rows) == set(row_keys(RunStore(smoke_run).results()))
 
 
 @needs_slurm
