@@ -43,16 +43,16 @@ def _write(path: Path, **status) -> None:
 
 def test_plain_display_prints_a_line_per_start_validation_and_end_not_per_step(tmp_path):
     """Not a terminal (CI, `| tee`): whole lines, one job's news at a time, never a bar."""
-    folder = lambda job_id: tmp_path / job_id / "progress.json"  # noqa: E731
+    status_path = lambda job_id: tmp_path / job_id / "progress.json"  # noqa: E731
     out = io.StringIO()
-    display = SuiteDisplay("cpu", ["a_seed0", "b_seed0", "old_seed0"], folder, parallel=2, live=False, stream=out)
-    _write(folder("old_seed0"), phase="training", step=50, updated=display.began - 10)  # an earlier run's: not running
-    _write(folder("a_seed0"), phase="training", step=10, val={})
-    _write(folder("b_seed0"), phase="training", step=20, val={"step": 200, "wer": 1.0}, target=["wer"])
+    display = SuiteDisplay("cpu", ["a_seed0", "b_seed0", "old_seed0"], status_path, parallel=2, live=False, stream=out)
+    _write(status_path("old_seed0"), phase="training", step=50, updated=display.began - 10)  # an earlier run's: not running
+    _write(status_path("a_seed0"), phase="training", step=10, val={})
+    _write(status_path("b_seed0"), phase="training", step=20, val={"step": 200, "wer": 1.0}, target=["wer"])
     display.poll()
-    _write(folder("a_seed0"), phase="training", step=11, val={})  # a step: no new line
+    _write(status_path("a_seed0"), phase="training", step=11, val={})  # a step: no new line
     display.poll()
-    _write(folder("b_seed0"), phase="evaluating", step=400, val={"step": 400, "wer": 0.1}, target=["wer"])
+    _write(status_path("b_seed0"), phase="evaluating", step=400, val={"step": 400, "wer": 0.1}, target=["wer"])
     display.poll()
     display.ended("b_seed0")
     lines = out.getvalue().splitlines()
@@ -63,11 +63,11 @@ def test_plain_display_prints_a_line_per_start_validation_and_end_not_per_step(t
 
 
 def test_live_block_has_a_line_per_running_job_and_the_suite_line(tmp_path):
-    folder = lambda job_id: tmp_path / job_id / "progress.json"  # noqa: E731
-    display = SuiteDisplay("cpu", ["a_seed0", "b_seed0", "c_seed0"], folder, parallel=2, live=True,
+    status_path = lambda job_id: tmp_path / job_id / "progress.json"  # noqa: E731
+    display = SuiteDisplay("cpu", ["a_seed0", "b_seed0", "c_seed0"], status_path, parallel=2, live=True,
                            stream=io.StringIO())
-    _write(folder("a_seed0"), phase="training", step=5)
-    _write(folder("b_seed0"), phase="evaluating", step=9)
+    _write(status_path("a_seed0"), phase="training", step=5)
+    _write(status_path("b_seed0"), phase="evaluating", step=9)
     with display:
         display.poll()
         text = display.render().plain

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from ttsbench import models
+from ttsbench.folders import TrainFolder
 from ttsbench.report import build_report
 from ttsbench.results import RunStore
 
@@ -41,6 +42,12 @@ def smoke_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_report(smoke_run, tmp_path_factory) -> Path:
     return build_report(smoke_run, tmp_path_factory.mktemp("report"))
+
+
+def mid_training(job_folder: Path) -> bool:
+    """Past its first checkpoint and still training (no result.json yet)."""
+    folder = TrainFolder(job_folder)
+    return folder.checkpoint.is_file() and not folder.result.is_file()
 
 
 def row_keys(results: pd.DataFrame) -> list[tuple]:
@@ -96,8 +103,7 @@ def test_sigkill_mid_job_then_resume_loses_and_duplicates_nothing(smoke_run, tmp
         while time.monotonic() < deadline and process.poll() is None:
             done = store.jobs() if store.jobs_path.is_file() else {}
             # a job past its first checkpoint but still training (no result.json yet), after one job landed
-            training = [d.name for d in (out / "jobs").glob("*")
-                        if (d / "checkpoint.pt").is_file() and not (d / "result.json").is_file()] if done else []
+            training = [d.name for d in (out / "jobs").glob("*") if mid_training(d)] if done else []
             if training:
                 killed_job = training[0]
                 break
@@ -296,7 +302,7 @@ def test_ray_on_two_nodes_matches_local_rows_and_survives_a_killed_raylet(smoke_
 def _training_under(out: Path, raylet: int, psutil) -> str | None:
     """A job past its first checkpoint, still training, in a worker process of that raylet."""
     for folder in (out / "jobs").glob("*_seed0"):
-        if not (folder / "checkpoint.pt").is_file() or (folder / "result.json").is_file():
+        if not mid_training(folder):
             continue
         pid = json.loads((folder / "attempts.jsonl").read_text().splitlines()[-1])["pid"]
         try:
@@ -322,8 +328,7 @@ def test_scancel_mid_job_then_rerun_resumes_from_the_checkpoint(smoke_run, tmp_p
     cancelled = None
     deadline = time.monotonic() + 600
     while cancelled is None and time.monotonic() < deadline and driver.poll() is None:
-        training = [d.name for d in (out / "jobs").glob("*_seed0")
-                    if (d / "checkpoint.pt").is_file() and not (d / "result.json").is_file()]
+        training = [d.name for d in (out / "jobs").glob("*_seed0") if mid_training(d)]
         for job in training:
             ids = subprocess.run(["squeue", "-h", "-n", f"ttsbench-{job}", "-o", "%i"], capture_output=True,
                                  text=True, timeout=30).stdout.split()
@@ -379,7 +384,7 @@ def test_a_requeued_slurm_job_resumes_from_its_checkpoint(tmp_path):
     folder, requeued = out / "jobs" / "glow-tts_seed0", False
     deadline = time.monotonic() + 600
     while not requeued and driver.poll() is None and time.monotonic() < deadline:
-        if (folder / "checkpoint.pt").is_file() and not (folder / "result.json").is_file():
+        if mid_training(folder):
             ids = subprocess.run(["squeue", "-h", "-n", "ttsbench-glow-tts_seed0", "-o", "%i"], capture_output=True,
                                  text=True, timeout=30).stdout.split()
             requeued = bool(ids) and subprocess.run(["scontrol", "requeue", ids[0]], timeout=30).returncode == 0

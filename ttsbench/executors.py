@@ -57,6 +57,11 @@ def failed(error: str) -> dict[str, Any]:
     return {"state": "failed", "error": error, "rows": []}
 
 
+def _say_retry(job: Job, attempt: int, error: str) -> None:
+    """The one line a retried job gets in the driver's output (the suite display prints it above its block)."""
+    print(f"[{job.id}] attempt {attempt} failed, retrying: {error.splitlines()[-1]}", flush=True)
+
+
 class Executor(ABC):
     """Runs jobs and reports each outcome to the driver."""
 
@@ -92,7 +97,7 @@ class LocalExecutor(Executor):
                 except Exception as err:  # noqa: BLE001 - any failure of the job, recorded below
                     error = _error_text(err)
                     if attempt <= self.spec.retries:
-                        print(f"[{job.id}] attempt {attempt} failed, retrying: {error.splitlines()[-1]}", flush=True)
+                        _say_retry(job, attempt, error)
             else:
                 outcome = failed(error)
             with lock:
@@ -178,8 +183,7 @@ class SlurmExecutor(Executor):
                     job, attempt = pending.pop(handle)
                     outcome = _slurm_outcome(handle)
                     if outcome["state"] == "failed" and attempt < self.spec.retries:
-                        print(f"[{job.id}] attempt {attempt + 1} failed, retrying: "
-                              f"{outcome['error'].splitlines()[-1]}", flush=True)
+                        _say_retry(job, attempt + 1, outcome["error"])
                         pending[self._submit(slurm, job, suite, root)] = (job, attempt + 1)
                         continue
                     report(job, outcome)

@@ -27,14 +27,15 @@ from ttsbench.data import Corpus, CorpusListing, check_listed_audio, load_corpus
 from ttsbench.errors import UserError
 from ttsbench.models import Synthesis
 from ttsbench.options import EMBEDDED
-from ttsbench.results import RunStore
+from ttsbench.results import DONE_STATES, RunStore
 from ttsbench.suite import Job, Suite
 from ttsbench.synthetic import corpus_cache_path
 from ttsbench.train import (
-    build_optimizers,
     load_model_examples,
+    loss_scalers,
     optimizer_update,
     pad_values,
+    ready_for_training,
     resolve_device,
     training_schedules,
 )
@@ -47,8 +48,13 @@ TRY_VOCODED_SECONDS = 2.0
 @dataclass(frozen=True)
 class PlannedJob:
     job: Job
-    hours: float | None  # the budget's time cap; None for a step budget (no time known before it runs)
     state: str  # pending | finished | diverged | failed | config changed (with --out)
+
+    @property
+    def hours(self) -> float | None:
+        """The budget's time cap; None for a step budget (no time known before it runs)."""
+        seconds = self.job.budget.max_seconds
+        return seconds / 3600 if self.job.kind == "train" and seconds is not None else None
 
     def budget_text(self) -> str:
         if self.job.kind == "reference":
@@ -82,15 +88,14 @@ def corpus_description(suite: Suite) -> str:
 
 def plan_jobs(suite: Suite, out: str | Path | None) -> list[PlannedJob]:
     """Every job of the matrix, its time cap and its state in `out` (pending when not run there)."""
-    stored = RunStore(out).jobs() if out is not None and (Path(out) / "jobs.json").is_file() else {}
+    stored = RunStore(out).jobs() if out is not None else {}
     planned = []
     for job in suite.jobs():
         entry = stored.get(job.id)
         state = "pending" if entry is None else entry["state"]
         if entry is not None and entry["config_hash"] != job.config_hash:
             state = "config changed"
-        hours = job.budget.minutes / 60 if job.kind == "train" and job.budget.minutes is not None else None
-        planned.append(PlannedJob(job, hours, state))
+        planned.append(PlannedJob(job, state))
     return planned
 
 
@@ -110,7 +115,7 @@ def plan_lines(suite: Suite, planned: Sequence[PlannedJob], corpus: str) -> list
 
 def total_lines(suite: Suite, planned: Sequence[PlannedJob]) -> list[str]:
     training = [p for p in planned if p.job.kind == "train"]
-    todo = [p for p in training if p.state not in ("finished", "diverged")]
+    todo = [p for p in training if p.state not in DONE_STATES]
     timed = [p.hours for p in todo if p.hours is not None]
     hours = sum(timed)
     lines = [f"{len(training)} training jobs, {len(training) - len(todo)} done, {len(todo)} to run"]
@@ -157,16 +162,13 @@ def try_variant(job: Job, corpus: Corpus, device: torch.device, vocoder: str) ->
     examples = load_model_examples(model, corpus.utterances[:TRY_BATCH], progress=False)
     model.apply_schedules({k: float(s(0)) for k, s in training_schedules(model).items()})
     batch = collate(examples, model.frame_multiple(), pad_values(model)).to(device)
-    model.to(device)
-    if model.config.compile:
-        model.compile_networks()
+    optimizers, scalers = ready_for_training(model, device), loss_scalers(model, device)
     model.on_train_start([batch])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    optimizers = build_optimizers(model)
     for step in range(TRY_STEPS):
         for network, optimizer in optimizers.items():
-            optimizer_update(model, network, optimizer, batch, step)
+            optimizer_update(model, network, optimizer, batch, step, scalers.get(network))
     synthesis = model.infer(torch.from_numpy(examples[0].text_ids).to(device))
     vocoders.for_model(vocoder, model).vocode(first_seconds(synthesis, TRY_VOCODED_SECONDS))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

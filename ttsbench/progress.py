@@ -119,13 +119,13 @@ class _Tracked:
 class SuiteDisplay:
     """Reads the status files of a suite's jobs and shows them; `log` prints a driver message.
 
-    `folder(job_id)` gives a job's status file. A job counts as running once its file is newer
+    `status_path(job_id)` gives a job's status file. A job counts as running once its file is newer
     than the display, until `ended(job_id)`.
     """
 
-    def __init__(self, name: str, job_ids: Sequence[str], folder: Callable[[str], Path], parallel: int,
+    def __init__(self, name: str, job_ids: Sequence[str], status_path: Callable[[str], Path], parallel: int,
                  live: bool | None = None, stream: IO[str] | None = None):
-        self.name, self.folder, self.parallel = name, folder, max(1, parallel)
+        self.name, self.status_path, self.parallel = name, status_path, max(1, parallel)
         self.jobs = {job_id: _Tracked() for job_id in job_ids}
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
@@ -180,7 +180,7 @@ class SuiteDisplay:
         for job_id, tracked in self.jobs.items():
             if tracked.ended is not None:
                 continue
-            status = read_status(self.folder(job_id))
+            status = read_status(self.status_path(job_id))
             if status is None or status.get("updated", 0) < self.began:
                 continue
             with self.lock:

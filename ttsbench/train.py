@@ -212,6 +212,21 @@ def build_optimizers(model: TTSModel) -> dict[str, torch.optim.Optimizer]:
     return {network: build_optimizer(model, model.network_parameters(network)) for network in model.networks}
 
 
+def ready_for_training(model: TTSModel, device: torch.device) -> dict[str, torch.optim.Optimizer]:
+    """The model on `device`, compiled when its config asks, and its optimizers: what the trainer
+    and `ttsbench plan --try` both do before the first step."""
+    model.to(device)
+    if model.config.compile:
+        model.compile_networks()
+    return build_optimizers(model)
+
+
+def loss_scalers(model: TTSModel, device: torch.device) -> dict[str, torch.amp.GradScaler]:
+    """fp16 needs its loss scaled so small gradients survive (one scaler per optimizer); bf16 and
+    fp32 do not, so they get none."""
+    return {network: torch.amp.GradScaler(device.type) for network in model.networks} if model.config.amp == "fp16" else {}
+
+
 def build_optimizer(model: TTSModel, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
     config = model.config
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
@@ -253,6 +268,7 @@ class Validation:
     alignments: teacher-forced: `ID` -> soft attention [T_text, T_steps] where the model
                 attends, `ID/durations` -> frames per token (alignment maps and stability)
     audio:      (ID, samples, rate) of each vocoded synthesis, when audio measures were scored
+                or `keep_audio` asked for it
     """
 
     metrics: dict[str, float]
@@ -530,9 +546,7 @@ class Trainer:
         self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
         self.saved_step: int | None = None  # the step of checkpoint.pt, once one is loaded or written
         self.reached_target: bool | None = None  # set by the loop when the run has a quality target
-        # fp16 needs its loss scaled so small gradients survive (one scaler per optimizer); bf16 and fp32 do not
-        self.scalers = ({network: torch.amp.GradScaler(self.device.type) for network in model.networks}
-                        if model.config.amp == "fp16" else {})
+        self.scalers = loss_scalers(model, self.device)
 
     # ---- the folder: what a resume must match --------------------------------------------------
     def _save_checkpoint(self, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainState) -> None:
@@ -661,10 +675,7 @@ class Trainer:
         val_examples = load_model_examples(model, val_utts, options.progress)
         val_recordings = [u.audio_path for u in val_utts]  # load_model_examples keeps their order
         schedules = training_schedules(model)
-        model.to(self.device)
-        if model.config.compile:
-            model.compile_networks()
-        optimizers = build_optimizers(model)
+        optimizers = ready_for_training(model, self.device)
         state = self._resume_or_start(optimizers, schedules, train_set)
         try:
             last_losses = self._loop(optimizers, schedules, train_set, state, (val_examples, val_recordings, pads))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ttsbench.align.mas import maximum_path
-from ttsbench.batches import Batch
+from ttsbench.batches import Batch, sequence_mask
 from ttsbench.models import Alignment, ModelConfig, Synthesis, TTSModel
 from ttsbench.models.layers import ChannelLayerNorm, DurationPredictor, length_regulate
 
@@ -97,7 +97,7 @@ class ConvMAS(TTSModel):
     def decode(self, hidden: torch.Tensor, durations: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """Mel [B, T, n_mels] from token states [B, C, L] and durations [B, L]."""
         frames, lengths = length_regulate(hidden.transpose(1, 2), durations, num_frames)
-        mask = (torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]).unsqueeze(1).float()
+        mask = sequence_mask(lengths, frames.shape[1]).unsqueeze(1).to(frames.dtype)
         return (self.to_mel(self.decoder(frames.transpose(1, 2), mask)) * mask).transpose(1, 2)
 
     def training_step(self, batch: Batch, step: int, network: str = "model") -> dict[str, torch.Tensor]:
