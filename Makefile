@@ -9,7 +9,7 @@ EXTRAS ?= dev,corpus,tracking
 PEER_VENV ?= .venv-peer
 PEER_ROUNDS ?= 3
 
-.PHONY: install test lint bench claims report readme-table peer-bench clean
+.PHONY: install test lint bench claims report readme-table peer-bench peer-learn clean
 
 install: $(BIN)/ttsbench
 
@@ -61,6 +61,22 @@ scale-bench: install
 peer-bench: install $(PEER_VENV)/bin/tts
 	$(BIN)/python peer/bench.py --coqui-python $(PEER_VENV)/bin/python --out $(RUN) --rounds $(PEER_ROUNDS)
 	@if [ -f $(RUN)/results.jsonl ]; then $(BIN)/ttsbench report $(RUN) --out reports/$(notdir $(RUN)); fi
+
+# Time to intelligible against coqui-tts's own Glow-TTS, Tacotron and FastSpeech2: suites/peer-learn.yaml
+# run in the peer venv, where peer/coqui_plugin registers coqui's models as ttsbench systems (same
+# corpus, budget, vocoder and measures as `make bench`), then the report (its "Peers" section) and
+# the README's peer-learn table. Slow (~35 min on 2 cores); not in CI.
+PEER_RUN ?= runs/peer-learn
+peer-learn: $(PEER_VENV)/.ttsbench
+	PYTHONPATH=peer/stubs $(PEER_VENV)/bin/ttsbench run suites/peer-learn.yaml --out $(PEER_RUN) || echo "some jobs failed: see $(PEER_RUN)/jobs.json and the report"
+	PYTHONPATH=peer/stubs $(PEER_VENV)/bin/ttsbench report $(PEER_RUN) --out reports/$(notdir $(PEER_RUN)) --readme README.md
+
+# ttsbench (as `make install` sets it up) and the coqui plugin, beside coqui-tts in the peer venv.
+$(PEER_VENV)/.ttsbench: $(PEER_VENV)/bin/tts pyproject.toml peer/coqui_plugin/pyproject.toml
+	$(PEER_VENV)/bin/pip install --quiet -e ".[corpus]"
+	$(PEER_VENV)/bin/pip install --quiet --no-deps distillmos==0.9.1 xls-r-sqa==0.1.0
+	$(PEER_VENV)/bin/pip install --quiet --no-deps -e peer/coqui_plugin
+	@touch $@
 
 $(PEER_VENV)/bin/tts:
 	$(PYTHON) -m venv $(PEER_VENV)

@@ -121,3 +121,32 @@ def test_driver_alternates_which_side_goes_first_every_round(monkeypatch):
     environment_ours, environment_coqui = driver.environments(1)
     assert environment_ours["OMP_NUM_THREADS"] == environment_coqui["OMP_NUM_THREADS"] == "1"
     assert environment_coqui["PYTHONPATH"].endswith("stubs") and environment_ours["PYTHONPATH"] == str(ROOT)
+
+
+def _learning_rows(variant: str, seed: int, reached: list[float], seconds: float) -> list[dict]:
+    """A job's result rows: val/wer at steps 200, 400, ... (training second = step / 2), its total time."""
+    base = {"run_id": "r", "job": f"{variant}_seed{seed}", "system": variant, "variant": variant, "seed": seed,
+            "config_hash": "h", "item": "", "text": None}
+    rows = [{**base, "metric": "val/wer", "value": wer, "step": 200 * (i + 1), "seconds": 100.0 * (i + 1)}
+            for i, wer in enumerate(reached)]
+    return rows + [{**base, "metric": "train/seconds", "value": seconds, "step": 200 * len(reached),
+                    "seconds": seconds}]
+
+
+def test_peer_table_sets_each_pair_side_by_side_with_the_ratio_of_times_to_intelligible():
+    import pandas as pd
+
+    from ttsbench.report.table import peer_table
+
+    rows = (_learning_rows("glow-tts", 0, [0.9, 0.1], 200) + _learning_rows("glow-tts", 1, [0.1], 100)
+            + _learning_rows("coqui-glow", 0, [0.9, 0.9, 0.15], 300) + _learning_rows("coqui-glow", 1, [0.9, 0.9, 0.9, 0.1], 400)
+            + _learning_rows("tacotron", 0, [0.5, 0.1], 200) + _learning_rows("coqui-tacotron", 0, [1.0, 1.0, 1.0], 540))
+    table = peer_table(pd.DataFrame(rows), [("glow-tts", "coqui-glow"), ("tacotron", "coqui-tacotron"),
+                                            ("missing", "coqui-glow")], {"wer": 0.2, "alignment": 0.5,
+                                                                         "duration_change": 1.0})
+    assert [row["ttsbench / peer"] for row in table] == ["glow-tts / coqui-glow", "tacotron / coqui-tacotron"]
+    glow, tacotron = table
+    assert glow["intelligible s"] == "150 (100–200) / 350 (300–400)"
+    assert glow["ratio"] == "2.33x"  # 350 / 150
+    # a peer that never got there: its whole training time counts, so the ratio is a lower bound
+    assert tacotron["intelligible s"] == "200 / never" and tacotron["ratio"] == ">2.70x"  # 540 / 200

@@ -17,6 +17,7 @@ SUITES = Path(__file__).resolve().parents[1] / "suites"
 
 
 @pytest.mark.parametrize("name", ["smoke.yaml", "cpu.yaml", "cpu-lj.yaml", "claims.yaml", "ljspeech-gpu.yaml"])
+# peer-learn.yaml names the coqui plugin's systems: it loads where the plugin is installed (make peer-learn)
 def test_shipped_suites_load(name):
     suite = load_suite(SUITES / name)
     jobs = suite.jobs()
@@ -72,6 +73,9 @@ systems:
     variant: twin
 claims:
   sniper: {sniper: fs2}
+peers:
+  glow-tts: coqui-glow
+  nobody: dc-tts
 """)
     with pytest.raises(SuiteError) as caught:
         load_suite(path)
@@ -85,6 +89,8 @@ claims:
     assert f"{path}:13: systems[3].variant: variant 'twin' repeats" in text
     assert f"{path}:15: claims.sniper: needs a variant for 'dense'" in text
     assert f"{path}:15: claims.sniper.sniper: no system entry has variant 'fs2'" in text
+    assert f"{path}:17: peers.glow-tts: no system entry has variant 'coqui-glow'" in text
+    assert f"{path}:18: peers.nobody: unknown key" in text
 
 
 def test_invalid_override_value_and_yaml_syntax(tmp_path):

@@ -52,6 +52,8 @@ Schema (every key but `systems` has a default):
         set: {gradual_training: [[0, 2, 8]]}   # config overrides, dotted keys allowed
         budget: {steps: 200}       # optional per-system budget
     claims: {...}                  # see ttsbench.claims
+    peers: {glow-tts: coqui-glow-tts}   # variant: the same architecture from another toolkit;
+                                   # the report compares each pair's time to intelligible
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ class Suite:
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     systems: tuple[SystemEntry, ...] = ()
     claims: tuple[tuple[str, Any], ...] = ()
+    peers: tuple[tuple[str, str], ...] = ()  # (ttsbench variant, its peer's variant)
 
     def corpus_spec(self) -> CorpusSpec | None:
         """What to generate, for a synthetic corpus (`digits`, `lj-text`); None for a folder."""
@@ -326,6 +329,7 @@ class Suite:
         values["corpus_options"] = tuple(tuple(o) for o in values["corpus_options"])
         values["thresholds"] = tuple(tuple(t) for t in values["thresholds"])
         values["claims"] = tuple((c, tuple(tuple(r) for r in roles)) for c, roles in values["claims"])
+        values["peers"] = tuple(tuple(pair) for pair in values.get("peers", ()))
         values["systems"] = tuple(
             SystemEntry(s["system"], s["variant"], s["preset"], tuple(tuple(o) for o in s["overrides"]),
                         Budget.from_dict(s["budget"]) if s["budget"] else None)
@@ -492,7 +496,8 @@ class _Checker:
 
 
 TOP_KEYS = ("name", "description", "corpus", "seeds", "device", "threads", "budget", "log_every", "checkpoint_every",
-            "validation", "evaluation", "vocoder", "tracking", "thresholds", "price_per_hour", "executor", "systems", "claims")
+            "validation", "evaluation", "vocoder", "tracking", "thresholds", "price_per_hour", "executor", "systems", "claims",
+            "peers")
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -514,7 +519,9 @@ def load_suite(path: str | Path) -> Suite:
     values["thresholds"] = _thresholds(check, data.get("thresholds"))
     values["executor"] = _executor(check, data.get("executor"))
     values["systems"] = _systems(check, data.get("systems"))
-    values["claims"] = _claims(check, data.get("claims"), [e.variant for e in values["systems"]])
+    variants = [e.variant for e in values["systems"]]
+    values["claims"] = _claims(check, data.get("claims"), variants)
+    values["peers"] = _peers(check, data.get("peers"), variants)
     if check.problems:
         raise SuiteError(check.problems)
     return Suite(**{k: v for k, v in values.items() if v is not None})
@@ -690,6 +697,15 @@ def _claims(check: _Checker, value: Any, variants: Sequence[str]) -> tuple[tuple
             elif roles[role] not in variants:
                 check.add(("claims", claim, role), f"no system entry has variant {roles[role]!r}")
     return tuple((claim, tuple(sorted(roles.items()))) for claim, roles in claims.items() if isinstance(roles, dict))
+
+
+def _peers(check: _Checker, value: Any, variants: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """`{ours: theirs}`: both must be variants of the suite."""
+    peers = check.mapping(value, ("peers",), variants)
+    for ours, theirs in peers.items():
+        if theirs not in variants:
+            check.add(("peers", ours), f"no system entry has variant {theirs!r}")
+    return tuple((str(ours), str(theirs)) for ours, theirs in peers.items())
 
 
 CORPUS_OPTION_TYPES = {"count": int, "seed": int, "min_chars": int, "max_chars": int}
