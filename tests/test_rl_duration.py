@@ -372,3 +372,33 @@ def test_leave_one_out_compares_samples_of_the_same_text(batch: Batch) -> None:
         gradients[name] = grad_norm(model.policy)
     assert gradients["different"] > 0.01
     assert gradients["same"] < 1e-3 * gradients["different"]
+
+
+def test_self_imitation_is_the_cross_entropy_towards_the_best_sample(batch: Batch) -> None:
+    """imitation_weight=w adds w x (mean over real tokens of -log pi(best sample's category)),
+    the best sample being the one with the highest utterance reward, and it reaches the actor only."""
+    samples = 4
+    categories = fixed_categories(batch, samples)
+    model = build("imitation_weight=0.5")
+    with torch.no_grad():
+        states, logits = model.policy_logits(batch.text_ids, batch.text_lengths)
+        rollout = model.rollout(batch, states, categories)
+        scores = model.score(rollout.mel, rollout.durations.flatten(0, 1), batch.mel.repeat_interleave(samples, dim=0),
+                             batch.frame_lengths.repeat_interleave(samples))
+    best = categories[torch.arange(len(batch)), scores.utterance.view(len(batch), samples).argmax(1)]
+    log_probs = torch.log_softmax(logits, -1).gather(2, best.unsqueeze(-1)).squeeze(-1)
+    expected = -(log_probs * batch.text_mask).sum() / batch.text_mask.sum()
+
+    with_imitation = losses_for(batch, categories, "imitation_weight=0.5")
+    without = losses_for(batch, categories)
+    assert with_imitation["imitation_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert with_imitation["loss"] - without["loss"] == pytest.approx(0.5 * expected.item(), rel=1e-4)
+    assert "imitation_loss" not in without
+
+    model.losses(batch, categories=categories)["imitation_loss"].backward()
+    assert grad_norm(model.policy) > 0 and grad_norm(model.decoder) == 0
+
+
+def test_self_imitation_needs_several_samples() -> None:
+    with pytest.raises(ValueError, match="imitation_weight > 0 needs samples_per_utterance >= 2"):
+        RLDurationConfig.tiny().with_overrides(["baseline=batch", "imitation_weight=1", "samples_per_utterance=1"])
