@@ -374,3 +374,21 @@ def test_mean_output_init_sets_each_output_bias_to_its_targets_mean(short_exampl
     reduced = torch.cat([torch.tensor(np.array(e.features["mel"][::4])) for e in short_examples])
     expected_mel = torch.logit(reduced.mean(dim=0).clamp(1e-3, 1 - 1e-3))
     torch.testing.assert_close(model.text2mel.audio_decoder[-1].conv.bias, expected_mel, rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_forced_output_is_text2mel_on_the_recording_through_ssrn(short_examples: list[Example]) -> None:
+    """alignment() also gives the teacher-forced pair output, at the recording's full frame rate:
+    SSRN on Text2Mel's output when fed the recording's reduced frames."""
+    model = tiny_model()
+    batch = make_batch(model, short_examples)
+    alignments = model.alignment(batch)
+    model.eval()
+    with torch.no_grad():
+        target = model.reduce(model._pad_frames(batch.mel))
+        logits, _ = model.text2mel(batch.text_ids, batch.text_lengths, model.decoder_input(target))
+        linear = torch.sigmoid(model.ssrn(torch.sigmoid(logits)))
+    for index, alignment in enumerate(alignments):
+        forced = alignment.teacher_forced
+        frames = int(batch.frame_lengths[index])
+        assert forced is not None and forced.num_frames == frames and forced.linear is not None
+        torch.testing.assert_close(torch.from_numpy(forced.linear), linear[index, :, :frames].T)

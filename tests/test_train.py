@@ -201,3 +201,29 @@ def test_training_stops_at_the_quality_target_and_a_resume_does_not_extend_it(tm
     assert never.steps == 4 and never.reached_target is False
     with pytest.raises(ValueError, match="needs validation"):
         options(4, until=(("wer", 0.2),))
+
+
+def test_validation_hears_the_teacher_forced_output_beside_the_free_running_one(embedded_corpus):
+    """With WER scored, an autoregressive system's teacher-forced output (recording-length) is
+    vocoded and scored too, as tf_wer; a system without one (Glow-TTS) gets no tf_wer."""
+    from ttsbench.audio import read_mono
+    from ttsbench.metrics.quality import score
+    from ttsbench.train import SPLIT_SEED, collate, load_model_examples, pad_values, validate
+
+    utterance = embedded_corpus.split(seed=SPLIT_SEED)["val"][0]
+    model = tacotron().eval()
+    examples = load_model_examples(model, [utterance], progress=False)
+    result = validate(model, examples, pad_values(model), torch.device("cpu"), [utterance.audio_path], ["wer"])
+    batch = collate(examples, model.frame_multiple(), pad_values(model))
+    [alignment] = model.alignment(batch)
+    forced = alignment.teacher_forced
+    assert forced is not None and forced.num_frames == examples[0].num_frames  # the recording's length
+    waveform = vocoders.for_model(vocoders.DEFAULT, model).vocode(forced)
+    expected = score(read_mono(utterance.audio_path, waveform.sample_rate)[0], waveform.audio, waveform.sample_rate,
+                     utterance.text, ["wer"]).values["wer"]
+    assert result.metrics["tf_wer"] == pytest.approx(expected) and "wer" in result.metrics
+
+    glow = models.build("glow-tts", models.config_for("glow-tts", "tiny"), seed=0).eval()
+    glow_examples = load_model_examples(glow, [utterance], progress=False)
+    plain = validate(glow, glow_examples, pad_values(glow), torch.device("cpu"), [utterance.audio_path], ["wer"])
+    assert "wer" in plain.metrics and "tf_wer" not in plain.metrics

@@ -45,7 +45,7 @@ from ttsbench.metrics.convergence import higher_is_better
 from ttsbench.metrics.quality import mel_l1_dtw, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.models import load_weights, read_checkpoint
-from ttsbench.models.base import TTSModel
+from ttsbench.models.base import Alignment, TTSModel
 from ttsbench.options import DEVICES
 from ttsbench.schedule import Constant, Schedule, learning_rate_schedule
 from ttsbench.tracking import TrainObserver
@@ -330,7 +330,9 @@ def validate(
             add("free_focus_rate", focus_rate(synthesis.alignment))
     batch = collate(list(examples), model.frame_multiple(), dict(pads)).to(device)
     maps = {}
-    for alignment in model.alignment(batch):
+    alignments = model.alignment(batch)
+    metrics.update(teacher_forced_scores(alignments, examples, recordings, audio_metrics, voice))
+    for alignment in alignments:
         if alignment.soft is not None:
             add("diagonal_score", diagonal_score(alignment.soft))
             add("focus_rate", focus_rate(alignment.soft))
@@ -340,6 +342,36 @@ def validate(
     means = {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in metrics.items()}
     means.update({name: interval.value for name, interval in summarise(scored).items()})
     return Validation(means, maps, heard)
+
+
+TEACHER_FORCED_METRICS = ("wer", "cer")
+
+
+def teacher_forced_scores(
+    alignments: Sequence[Alignment],
+    examples: Sequence[Example],
+    recordings: Sequence[Path],
+    audio_metrics: Sequence[str],
+    voice: vocoders.Vocoder,
+) -> dict[str, list[float]]:
+    """`tf_wer` (and `tf_cer`): the teacher-forced outputs vocoded and heard by the same ASR as
+    the free-running ones, when the model makes them and WER is scored. Far below the free-running
+    WER, the model knows the speech but loses it when fed its own output."""
+    asked = [name for name in TEACHER_FORCED_METRICS if name in audio_metrics]
+    forced = {a.id: a.teacher_forced for a in alignments if a.teacher_forced is not None}
+    if not asked or not forced:
+        return {}
+    scored = []
+    for example, recording in zip(examples, recordings):
+        if example.id not in forced:
+            continue
+        waveform = voice.vocode(forced[example.id])
+        try:
+            scored.append(score(read_mono(recording, waveform.sample_rate)[0], waveform.audio,
+                                waveform.sample_rate, example.text, asked, None, example.id).values)
+        except ValueError:
+            scored.append(unheard(example.text, asked).values)
+    return {f"tf_{name}": [interval.value] for name, interval in summarise(scored).items()}
 
 
 def duration_change(folder: TrainFolder, step: int, maps: Mapping[str, np.ndarray]) -> float | None:

@@ -254,12 +254,16 @@ class Alignment:
     durations:       frames per token. They sum to the utterance's frames for aligners (attention,
                      MAS); a duration model's own prediction (rl-duration) need not.
     frames_per_step: frames each `soft` column covers (Tacotron's r, DC-TTS's 4; else 1).
+    teacher_forced:  the output the model made while fed the recording (autoregressive systems),
+                     for what it knows beside what it does free-running: validation vocodes it
+                     and scores its WER as `tf_wer`.
     """
 
     id: str
     soft: np.ndarray | None = None
     durations: np.ndarray | None = None
     frames_per_step: int = 1
+    teacher_forced: Synthesis | None = None
 
 
 class TTSModel(nn.Module, ABC):

@@ -643,7 +643,8 @@ class DCTTS(TTSModel):
             )
 
     def alignment(self, batch: Batch) -> list[Alignment]:
-        """Teacher-forced attention per utterance, [N_b, ceil(T_b/4)] (no forcing: that is inference only).
+        """Teacher-forced attention per utterance, [N_b, ceil(T_b/4)] (no forcing: that is inference
+        only), and the teacher-forced Text2Mel output through SSRN.
 
         Durations count the reduced frames whose argmax is each character, times 4; the last
         reduced frame is partly past the utterance's end, so its character gives the overshoot
@@ -651,7 +652,8 @@ class DCTTS(TTSModel):
         """
         with self.evaluating():
             target = self.reduce(self._pad_frames(batch.mel))
-            _, attention = self.text2mel(batch.text_ids, batch.text_lengths, self.decoder_input(target))
+            logits, attention = self.text2mel(batch.text_ids, batch.text_lengths, self.decoder_input(target))
+            linear = torch.sigmoid(self.ssrn(torch.sigmoid(logits)))  # [B, F', 4 T_r]
             attention = attention.float().cpu()
             alignments = []
             for index, utt_id in enumerate(batch.ids):
@@ -660,8 +662,16 @@ class DCTTS(TTSModel):
                 steps = math.ceil(num_frames / self.reduction)
                 soft = attention[index, :text_length, :steps].numpy()
                 durations = attention_durations(soft, self.reduction, num_frames)
-                alignments.append(Alignment(utt_id, soft=soft, durations=durations, frames_per_step=self.reduction))
+                alignments.append(Alignment(utt_id, soft=soft, durations=durations, frames_per_step=self.reduction,
+                                            teacher_forced=self._synthesis(linear[index, :, :num_frames])))
             return alignments
+
+    def _synthesis(self, linear: torch.Tensor) -> Synthesis:
+        """A Synthesis from SSRN's linear output [F', T] of one utterance (mel derived from it)."""
+        spectrum = linear.T.float().cpu().numpy()
+        config = self.config.audio
+        return Synthesis(mel=linear_to_mel(spectrum, config), audio_config=config, linear=spectrum,
+                         linear_audio_config=config, frames_per_step=self.reduction)
 
 
 def spectral_losses(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

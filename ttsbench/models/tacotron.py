@@ -584,7 +584,8 @@ class Tacotron(TTSModel):
             )
 
     def alignment(self, batch: Batch) -> list[Alignment]:
-        """Teacher-forced attention per utterance, [T_text, ceil(T/r)] (one column per decoder step).
+        """Teacher-forced attention per utterance, [T_text, ceil(T/r)] (one column per decoder step),
+        and the teacher-forced output.
 
         Durations count the steps whose argmax is each token, times r; the last step's r-group is
         partly padding, so its token gives that overshoot back and durations sum to the true T
@@ -594,7 +595,8 @@ class Tacotron(TTSModel):
             r = self.r
             memory = self.encode(batch.text_ids, batch.text_lengths)
             mel = self._pad_to_multiple_of_r(batch.mel)
-            _, _, attention = self.decode_teacher_forced(memory, batch.text_mask, mel)
+            mel_out, _, attention = self.decode_teacher_forced(memory, batch.text_mask, mel)
+            linear = self.last_linear(self.postnet(mel_out, batch.frame_lengths))
             attention = attention.float().cpu()
             alignments = []
             for index, utt_id in enumerate(batch.ids):
@@ -603,5 +605,9 @@ class Tacotron(TTSModel):
                 steps = math.ceil(num_frames / r)
                 soft = attention[index, :steps, :text_length].T.numpy()
                 durations = attention_durations(soft, r, num_frames)
-                alignments.append(Alignment(utt_id, soft=soft, durations=durations, frames_per_step=r))
+                forced = Synthesis(mel=mel_out[index, :num_frames].float().cpu().numpy(),
+                                   linear=linear[index, :num_frames].float().cpu().numpy(),
+                                   audio_config=self.config.audio, frames_per_step=r)
+                alignments.append(Alignment(utt_id, soft=soft, durations=durations, frames_per_step=r,
+                                            teacher_forced=forced))
             return alignments

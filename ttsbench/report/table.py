@@ -82,6 +82,10 @@ def summary_columns(thresholds: Mapping[str, float]) -> list[Column]:
                "knows the alignment but loses it when fed its own output", final_value("val/free_diagonal_score")),
         Column("focus", "final teacher-forced focus rate (attention systems)", final_value("val/focus_rate")),
         Column("length ratio", "final synthesised / recorded length on validation", final_value("val/length_ratio")),
+        Column("val WER", "final free-running validation WER: what the model does", final_value("val/wer")),
+        Column("tf val WER", "final validation WER of the teacher-forced output through the same vocoder and ASR: "
+               "what the model knows (autoregressive systems); far below val WER, it loses the speech when "
+               "fed its own output", final_value("val/tf_wer")),
         Column("cut by guard", "share of the final validation syntheses that never stopped by themselves",
                lambda r: 1.0 - final_value("val/stopped")(r)),
         _quality("MCD dB", "mel-cepstral distortion (DTW, order 24) on test utterances", "mcd", 2),
