@@ -44,7 +44,8 @@ RECORDED_RECIPES = {
         "postnet_projection_dim=64", "gradual_training=[[0, 6, 8], [100, 4, 8], [200, 3, 8], [300, 2, 4]]",
     ],
     "dc-tts": ["audio.n_fft=2048", "audio.win_length=1102", "mean_output_init=false", "ssrn_train_window=32"],
-    "rl-duration": ["decoder_units=32", "learning_rate=0.001", "decoder_target=first"],
+    "rl-duration": ["decoder_units=32", "learning_rate=0.001", "decoder_target=first", "imitation_weight=0",
+                    "samples_per_utterance=4"],
 }
 
 

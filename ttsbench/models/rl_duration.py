@@ -114,7 +114,7 @@ VARIANT_REMEDIES: dict[str, Remedies] = {
     "remedied": Remedies(
         credit="token",
         baseline="leave_one_out",
-        samples_per_utterance=4,
+        samples_per_utterance=8,
         entropy_weight=0.01,
         length_penalty=1.0,
         reduction="mean",
@@ -122,7 +122,7 @@ VARIANT_REMEDIES: dict[str, Remedies] = {
         masked_reconstruction=True,
         warm_start="length_prior",
         decoder_target="best",
-        imitation_weight=0.0,
+        imitation_weight=1.0,
     ),
 }
 
