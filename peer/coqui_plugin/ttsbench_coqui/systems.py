@@ -53,6 +53,9 @@ class CoquiGlowTTSConfig(ModelConfig):
     coupling_layers: int = 4  # num_block_layers
     coupling_kernel_size: int = 5  # kernel_size_dec
     data_dep_init_steps: int = 10
+    # std of the prior sample at inference: coqui's default 0 decodes the prior mean, the official
+    # Glow-TTS (and ttsbench's glow-tts) samples with 0.667
+    inference_noise_scale: float = 0.0
     max_inference_frames: int = 2000  # ttsbench's guard: coqui's inference has none
 
     @classmethod
@@ -93,7 +96,8 @@ class CoquiGlowTTS(CoquiSystem):
             hidden_channels_dec=config.hidden_channels, hidden_channels_dp=config.duration_channels,
             encoder_params=encoder, use_encoder_prenet=config.use_encoder_prenet,
             num_flow_blocks_dec=config.flow_blocks, num_block_layers=config.coupling_layers,
-            kernel_size_dec=config.coupling_kernel_size, data_dep_init_steps=config.data_dep_init_steps))
+            kernel_size_dec=config.coupling_kernel_size, data_dep_init_steps=config.data_dep_init_steps,
+            inference_noise_scale=config.inference_noise_scale))
         model.run_data_dep_init = False
         return model
 
