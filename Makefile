@@ -65,7 +65,7 @@ peer-bench: install $(PEER_VENV)/bin/tts
 # Time to intelligible against coqui-tts's own Glow-TTS, Tacotron and FastSpeech2: suites/peer-learn.yaml
 # run in the peer venv, where peer/coqui_plugin registers coqui's models as ttsbench systems (same
 # corpus, budget, vocoder and measures as `make bench`), then the report (its "Peers" section) and
-# the README's peer-learn table. Slow (~35 min on 2 cores); not in CI.
+# the README's peer-learn table. Slow (30 min on 2 cores, measured); not in CI.
 PEER_RUN ?= runs/peer-learn
 peer-learn: $(PEER_VENV)/.ttsbench
 	PYTHONPATH=peer/stubs $(PEER_VENV)/bin/ttsbench run suites/peer-learn.yaml --out $(PEER_RUN) || echo "some jobs failed: see $(PEER_RUN)/jobs.json and the report"
