@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,12 +36,26 @@ def audio_args(audio: AudioConfig) -> dict[str, Any]:
             "use_phonemes": False, "run_eval": False, "test_sentences": []}
 
 
+@dataclass
+class CoquiRecipe(ModelConfig):
+    """The optimiser recipe coqui's three configs share (RAdam, betas (0.9, 0.998), weight decay
+    1e-6, gradient-norm clip 5, Noam warm-up 4,000, batch 32); each model sets its learning rate."""
+
+    batch_size: int = 32
+    optimizer: Literal["adam", "adamw", "radam"] = "radam"
+    lr_schedule: Literal["constant", "noam", "exponential"] = "noam"
+    warmup_steps: int = 4000
+    betas: tuple[float, float] = (0.9, 0.998)
+    weight_decay: float = 1e-6
+    grad_clip_norm: float | None = 5.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Glow-TTS
 
 
 @dataclass
-class CoquiGlowTTSConfig(ModelConfig):
+class CoquiGlowTTSConfig(CoquiRecipe):
     """coqui's GlowTTSConfig fields that size the model; defaults are coqui's."""
 
     hidden_channels: int = 192  # hidden_channels_enc and _dec
@@ -60,18 +74,16 @@ class CoquiGlowTTSConfig(ModelConfig):
 
     @classmethod
     def full(cls) -> "CoquiGlowTTSConfig":
-        """coqui's config and recipe: RAdam 1e-3, Noam warm-up 4000, clip 5, batch 32."""
-        return cls(batch_size=32, optimizer="radam", learning_rate=1e-3, lr_schedule="noam", warmup_steps=4000,
-                   betas=(0.9, 0.998), weight_decay=1e-6, grad_clip_norm=5.0)
+        """coqui's config and recipe (lr 1e-3)."""
+        return cls()
 
     @classmethod
     def tiny(cls) -> "CoquiGlowTTSConfig":
         """ttsbench glow-tts tiny's sizes (64 channels, 2 encoder layers, 4 flow blocks of 2
-        layers, kernel 3, no prenet), coqui's RAdam, ttsbench tiny's lr 1e-3 and warm-up 200."""
+        layers, kernel 3, no prenet), batch 8 and warm-up 200."""
         return cls(hidden_channels=64, duration_channels=64, encoder_layers=2, encoder_ffn_channels=256,
                    use_encoder_prenet=False, flow_blocks=4, coupling_layers=2, coupling_kernel_size=3,
-                   batch_size=8, optimizer="radam", learning_rate=1e-3, lr_schedule="noam", warmup_steps=200,
-                   betas=(0.9, 0.998), weight_decay=1e-6, grad_clip_norm=5.0)
+                   batch_size=8, warmup_steps=200)
 
 
 class CoquiGlowTTS(CoquiSystem):
@@ -136,7 +148,7 @@ class CoquiGlowTTS(CoquiSystem):
 
 
 @dataclass
-class CoquiTacotronConfig(ModelConfig):
+class CoquiTacotronConfig(CoquiRecipe):
     """coqui's TacotronConfig fields that can be set. Its widths are fixed in coqui's code
     (embedding 256, CBHG encoder and postnet, 256-unit decoder RNNs), so no field sizes them."""
 
@@ -146,19 +158,19 @@ class CoquiTacotronConfig(ModelConfig):
     attention_type: str = "original"
     location_attn: bool = True
     ga_alpha: float = 5.0
+    learning_rate: float = 1e-4
 
     @classmethod
     def full(cls) -> "CoquiTacotronConfig":
-        """coqui's config and recipe: RAdam 1e-4, Noam warm-up 4000, clip 5."""
-        return cls(batch_size=32, optimizer="radam", learning_rate=1e-4, lr_schedule="noam", warmup_steps=4000,
-                   betas=(0.9, 0.998), weight_decay=1e-6, grad_clip_norm=5.0)
+        """coqui's config and recipe."""
+        return cls()
 
     @classmethod
     def tiny(cls) -> "CoquiTacotronConfig":
         """coqui's full widths (they cannot be set), ttsbench tiny's r schedule 7 -> 5 -> 3 -> 2
-        at batch 8 and its lr 2e-3; coqui's RAdam, betas, weight decay and clip 5."""
+        at batch 8 and its constant lr 2e-3."""
         return cls(gradual_training=((0, 7, 8), (1500, 5, 8), (3000, 3, 8), (6000, 2, 8)), batch_size=8,
-                   optimizer="radam", learning_rate=2e-3, betas=(0.9, 0.998), weight_decay=1e-6, grad_clip_norm=5.0)
+                   learning_rate=2e-3, lr_schedule="constant", warmup_steps=0)
 
 
 class CoquiTacotron(CoquiSystem):
@@ -238,7 +250,7 @@ def stop_targets(frame_lengths: torch.Tensor, frames: int, r: int) -> torch.Tens
 
 
 @dataclass
-class CoquiFastSpeech2Config(ModelConfig):
+class CoquiFastSpeech2Config(CoquiRecipe):
     """coqui's Fastspeech2Config / ForwardTTSArgs fields that size the model; coqui's defaults."""
 
     hidden_channels: int = 384
@@ -249,20 +261,21 @@ class CoquiFastSpeech2Config(ModelConfig):
     # coqui ramps the aligner's binary loss over epochs; ttsbench's trainer counts steps
     binary_loss_warmup_steps: int = 10000
     max_inference_frames: int = 2000  # ttsbench's guard on the predicted length
+    optimizer: Literal["adam", "adamw", "radam"] = "adam"
+    learning_rate: float = 1e-4
 
     @classmethod
     def full(cls) -> "CoquiFastSpeech2Config":
-        """coqui's config and recipe: Adam 1e-4, Noam warm-up 4000, clip 5."""
-        return cls(batch_size=32, optimizer="adam", learning_rate=1e-4, lr_schedule="noam", warmup_steps=4000,
-                   betas=(0.9, 0.998), weight_decay=1e-6, grad_clip_norm=5.0)
+        """coqui's config and recipe (Adam, lr 1e-4)."""
+        return cls()
 
     @classmethod
     def tiny(cls) -> "CoquiFastSpeech2Config":
         """ttsbench fastspeech2 tiny's sizes (hidden 64, 1+1 layers, FFN 128, predictors 64),
-        its constant lr 1e-3 and binary-loss ramp of 300 steps; coqui's Adam betas, decay, clip."""
+        batch 8, its constant lr 1e-3 and binary-loss ramp of 300 steps."""
         return cls(hidden_channels=64, ffn_channels=128, encoder_layers=1, decoder_layers=1, predictor_channels=64,
-                   binary_loss_warmup_steps=300, batch_size=8, optimizer="adam", learning_rate=1e-3,
-                   betas=(0.9, 0.998), weight_decay=1e-6, grad_clip_norm=5.0)
+                   binary_loss_warmup_steps=300, batch_size=8, learning_rate=1e-3, lr_schedule="constant",
+                   warmup_steps=0)
 
 
 class CoquiFastSpeech2(CoquiSystem):
