@@ -317,12 +317,7 @@ def validate(
             waveform = voice.vocode(synthesis)
             heard.append((example.id, waveform.audio, waveform.sample_rate))
         if audio_metrics:
-            audio, rate = waveform.audio, waveform.sample_rate
-            recording, _ = read_mono(recordings[index], rate)
-            try:
-                scored.append(score(recording, audio, rate, example.text, audio_metrics, speaker, example.id).values)
-            except ValueError:  # no audio, or too little to analyse: no score, not a failed run
-                scored.append(unheard(example.text, audio_metrics).values)
+            scored.append(heard_scores(recordings[index], waveform, example, audio_metrics, speaker))
         add("length_ratio", synthesis.num_frames / len(reference))
         add("stopped", float(synthesis.stopped))
         if synthesis.alignment is not None:
@@ -331,7 +326,6 @@ def validate(
     batch = collate(list(examples), model.frame_multiple(), dict(pads)).to(device)
     maps = {}
     alignments = model.alignment(batch)
-    metrics.update(teacher_forced_scores(alignments, examples, recordings, audio_metrics, voice))
     for alignment in alignments:
         if alignment.soft is not None:
             add("diagonal_score", diagonal_score(alignment.soft))
@@ -341,7 +335,19 @@ def validate(
             maps[f"{alignment.id}/durations"] = np.asarray(alignment.durations, dtype=np.int64)
     means = {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in metrics.items()}
     means.update({name: interval.value for name, interval in summarise(scored).items()})
+    means.update(teacher_forced_scores(alignments, examples, recordings, audio_metrics, voice))
     return Validation(means, maps, heard)
+
+
+def heard_scores(recording: Path, waveform: vocoders.Waveform, example: Example, metrics: Sequence[str],
+                 speaker: SpeakerReference | None = None) -> dict[str, float]:
+    """`metrics` of one vocoded synthesis against its recording; an unheard row when there is no
+    audio, or too little to analyse (no score, not a failed run)."""
+    try:
+        return score(read_mono(recording, waveform.sample_rate)[0], waveform.audio, waveform.sample_rate,
+                     example.text, metrics, speaker, example.id).values
+    except ValueError:
+        return unheard(example.text, metrics).values
 
 
 TEACHER_FORCED_METRICS = ("wer", "cer")
@@ -353,7 +359,7 @@ def teacher_forced_scores(
     recordings: Sequence[Path],
     audio_metrics: Sequence[str],
     voice: vocoders.Vocoder,
-) -> dict[str, list[float]]:
+) -> dict[str, float]:
     """`tf_wer` (and `tf_cer`): the teacher-forced outputs vocoded and heard by the same ASR as
     the free-running ones, when the model makes them and WER is scored. Far below the free-running
     WER, the model knows the speech but loses it when fed its own output."""
@@ -361,17 +367,9 @@ def teacher_forced_scores(
     forced = {a.id: a.teacher_forced for a in alignments if a.teacher_forced is not None}
     if not asked or not forced:
         return {}
-    scored = []
-    for example, recording in zip(examples, recordings):
-        if example.id not in forced:
-            continue
-        waveform = voice.vocode(forced[example.id])
-        try:
-            scored.append(score(read_mono(recording, waveform.sample_rate)[0], waveform.audio,
-                                waveform.sample_rate, example.text, asked, None, example.id).values)
-        except ValueError:
-            scored.append(unheard(example.text, asked).values)
-    return {f"tf_{name}": [interval.value] for name, interval in summarise(scored).items()}
+    scored = [heard_scores(recording, voice.vocode(forced[example.id]), example, asked)
+              for example, recording in zip(examples, recordings) if example.id in forced]
+    return {f"tf_{name}": interval.value for name, interval in summarise(scored).items()}
 
 
 def duration_change(folder: TrainFolder, step: int, maps: Mapping[str, np.ndarray]) -> float | None:

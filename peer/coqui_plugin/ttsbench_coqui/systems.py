@@ -128,9 +128,6 @@ class CoquiGlowTTS(CoquiSystem):
         self.coqui.run_data_dep_init = False
         self.initialised.fill_(True)
 
-    def inference_inputs(self, x: torch.Tensor) -> dict[str, Any]:
-        return {"x_lengths": torch.tensor([x.shape[1]], device=x.device), "d_vectors": None, "speaker_ids": None}
-
     def synthesis(self, outputs: dict[str, Any]) -> Synthesis:
         mel, path = outputs["model_outputs"][0], outputs["alignments"][0]  # [T, n_mels], [T, L]
         limit = self.config.max_inference_frames
