@@ -291,6 +291,21 @@ def test_threshold_best_and_auc_on_a_planted_curve(planted_curve):
     assert summary["best"] == 0.7 and summary["best_step"] == 300 and summary["final"] == 0.6
 
 
+def test_time_to_a_confirmed_target_reads_the_confirmation_curve():
+    from ttsbench.metrics.summary import time_to
+
+    def row(metric: str, step: int, value: float) -> dict:
+        return {"metric": metric, "step": step, "seconds": step / 10, "value": value}
+
+    # the four screened utterances met WER 0.2 at steps 200 and 400; the twenty that confirm it
+    # only at step 400
+    screened = [row("val/wer", 100, 0.6), row("val/wer", 200, 0.1), row("val/wer", 400, 0.2)]
+    confirmed = screened + [row("val/confirm_wer", 200, 0.35), row("val/confirm_wer", 400, 0.18)]
+    assert time_to("val/wer", 0.2, False)(pd.DataFrame(screened)) == 200
+    assert time_to("val/wer", 0.2, False)(pd.DataFrame(confirmed)) == 400
+    assert time_to("val/wer", 0.2, False, "seconds")(pd.DataFrame(confirmed)) == 40
+
+
 def test_median_and_spread_across_seeds(planted_curve):
     curves = []
     for seed, shift in enumerate([0.0, 0.5, 10.0]):  # the third seed never reaches 3.0

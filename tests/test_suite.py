@@ -146,12 +146,18 @@ def test_a_quality_target_in_the_budget_is_parsed_checked_and_hashed(tmp_path):
     assert Suite.from_dict(suite.to_dict()).budget == suite.budget
     # a budget without a target hashes as it always did (runs made before targets existed resume)
     assert capped.budget.identity() == {"steps": None, "minutes": 2.0}
+    confirmed = load_suite(write(tmp_path, base % "{minutes: 2, until: {wer: 0.2}, confirm: 20}"))
+    assert confirmed.budget.confirm == 20 and Suite.from_dict(confirmed.to_dict()).budget == confirmed.budget
+    assert confirmed.jobs()[1].config_hash != load_suite(write(tmp_path, base % "{minutes: 2, until: {wer: 0.2}}")
+                                                         ).jobs()[1].config_hash
     problems = {
         "{until: {wer: 0.2}}": "suite.yaml:3: budget: a budget needs steps, minutes or both",
         "{steps: 9, until: {mcd: 8}}": "budget.until.mcd: mcd is not scored during training: add it to validation.metrics",
         "{steps: 9, until: {wr: 0.2}}": "budget.until.wr: not a validation measure",
         "{steps: 9, until: {wer: low}}": "budget.until.wer: expected a finite number, got 'low'",
         "{steps: 9, until: {wer: 0.2}, consecutive: 0}": "budget.consecutive: expected an integer >= 1",
+        "{steps: 9, until: {wer: 0.2}, confirm: 2}": "budget.confirm: 2 must exceed validation.utterances (2)",
+        "{steps: 9, confirm: 20}": "budget.confirm: confirms a quality target: add `until`",
     }
     for budget, message in problems.items():
         with pytest.raises(SuiteError, match=re.escape(message)):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ttsbench import cli, models, vocoders
+from ttsbench.fileio import read_jsonl
 from ttsbench.train import QualityTarget, TrainOptions, build_optimizer, train
 
 SCHEDULE = "gradual_training=[[0, 5, 4], [3, 3, 4], [6, 2, 2]]"
@@ -184,6 +185,33 @@ def test_quality_target_needs_consecutive_validations_in_its_direction():
     assert not target.reached([good]) and not target.reached([good, bad_wer])
     assert target.reached([bad_wer, good, good])
     assert not QualityTarget(()).reached([good, good])
+
+
+def test_a_confirmed_target_is_met_only_where_the_confirmation_meets_it_too():
+    target = QualityTarget((("wer", 0.2),), confirm=True)
+    lucky = {"wer": 0.1, "confirm_wer": 0.4}  # four easy utterances; twenty tell otherwise
+    assert target.screened(lucky) and not target.met(lucky)
+    assert not target.met({"wer": 0.1})  # screened but not yet confirmed
+    assert target.met({"wer": 0.2, "confirm_wer": 0.15}) and target.reached([lucky, {"wer": 0.0, "confirm_wer": 0.1}])
+    assert not target.screened({"wer": 0.3, "confirm_wer": 0.1})
+
+
+def test_training_confirms_its_target_on_more_utterances_before_it_stops(tmp_path, embedded_corpus):
+    # the screen (1 utterance) meets a target any synthesis meets: the confirmation on 2 utterances
+    # runs, meets it too, and the run stops at that first validation
+    met = train(tacotron(), embedded_corpus, tmp_path / "met", options(
+        40, val_every=2, val_utterances=1, until=(("mel_l1_dtw", 1e9),), until_confirm=2))
+    [row] = read_jsonl(tmp_path / "met" / "val.jsonl")
+    assert met.steps == 2 and met.reached_target is True and 0 < row["confirm_mel_l1_dtw"] < 1e9
+    assert json.loads((tmp_path / "met" / "result.json").read_text())["target"]["confirm"] == 2
+    # a screen that never meets the target never pays for a confirmation
+    train(tacotron(), embedded_corpus, tmp_path / "never", options(
+        4, val_every=2, val_utterances=1, until=(("mel_l1_dtw", -1.0),), until_confirm=2))
+    assert not any("confirm_mel_l1_dtw" in r for r in read_jsonl(tmp_path / "never" / "val.jsonl"))
+    with pytest.raises(ValueError, match="must exceed val_utterances"):
+        options(4, val_every=2, val_utterances=2, until=(("wer", 0.2),), until_confirm=2)
+    with pytest.raises(ValueError, match="set until"):
+        options(4, val_every=2, val_utterances=1, until_confirm=2)
 
 
 def test_training_stops_at_the_quality_target_and_a_resume_does_not_extend_it(tmp_path, embedded_corpus):

@@ -99,6 +99,7 @@ def train_and_evaluate(job: Job, suite: Suite, folder: TrainFolder, progress: bo
         val_metrics=suite.val_metrics,
         until=job.budget.until,
         until_consecutive=job.budget.consecutive,
+        until_confirm=job.budget.confirm,
         vocoder=suite.vocoder,
     )
     observers: list[TrainObserver] = [status]

@@ -65,7 +65,8 @@ class PlannedJob:
         text = " or ".join(c for c in caps if c)
         if budget.until:
             target = ", ".join(f"{m} {t:g}" for m, t in budget.until)
-            text = f"until {target} ({budget.consecutive}x), at most {text}"
+            confirmed = f", confirmed on {budget.confirm} utterances" if budget.confirm else ""
+            text = f"until {target} ({budget.consecutive}x{confirmed}), at most {text}"
         return text
 
 

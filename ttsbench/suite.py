@@ -21,6 +21,9 @@ Schema (every key but `systems` has a default):
     budget: {minutes: 10, until: {wer: 0.2}, consecutive: 2}   # time to a quality target: stop
                                    # at the validation where every measure of `until` has met its
                                    # threshold `consecutive` times in a row; steps/minutes cap it
+    budget: {minutes: 10, until: {wer: 0.2}, confirm: 20}   # a validation that meets the target
+                                   # on its few utterances is scored again on the first 20
+                                   # validation utterances, and only that confirmation decides
     log_every: 10                  # loss rows kept in the results every N steps
     checkpoint_every: 50
     validation: {every: 50, utterances: 2, metrics: [mcd, wer]}   # metrics: quality measures on
@@ -123,13 +126,16 @@ class Budget:
 
     With `until` (validation measure -> threshold, e.g. {"wer": 0.2}) the job stops at the
     validation where every measure has met its threshold `consecutive` times in a row (MLPerf
-    Training's "time to train"); the cap then only ends a job that never gets there.
+    Training's "time to train"); the cap then only ends a job that never gets there. With
+    `confirm`, a validation meets the target only if the first `confirm` validation utterances
+    (more than a validation scores) meet it too: four utterances alone can be a lucky draw.
     """
 
     steps: int | None = None
     minutes: float | None = None
     until: tuple[tuple[str, float], ...] = ()
     consecutive: int = 1
+    confirm: int = 0
 
     @property
     def max_seconds(self) -> float | None:
@@ -140,6 +146,8 @@ class Budget:
         data = {"steps": self.steps, "minutes": self.minutes}
         if self.until:
             data.update(until=[list(t) for t in self.until], consecutive=self.consecutive)
+        if self.confirm:
+            data.update(confirm=self.confirm)
         return data
 
     @classmethod
@@ -403,7 +411,8 @@ class _Checker:
 
     def __init__(self, path: Path, lines: dict[tuple, int]):
         self.path, self.lines, self.problems = path, lines, []
-        self.validated: tuple[int, tuple[str, ...]] = (Suite.val_every, ())  # validation every, metrics
+        # validation every, metrics, utterances: what a budget's `until` and `confirm` are checked against
+        self.validated: tuple[int, tuple[str, ...], int] = (Suite.val_every, (), Suite.val_utterances)
 
     def add(self, where: tuple, message: str) -> None:
         probe = where
@@ -459,16 +468,32 @@ class _Checker:
         return tuple(value)
 
     def budget(self, value: Any, where: tuple) -> Budget | None:
-        data = self.mapping(value, where, ("steps", "minutes", "until", "consecutive"))
+        data = self.mapping(value, where, ("steps", "minutes", "until", "consecutive", "confirm"))
         steps = self.number(data.get("steps"), where + ("steps",), int, 1, optional=True)
         minutes = self.number(data.get("minutes"), where + ("minutes",), float, 0.01, optional=True)
         until = self.target(data.get("until"), where + ("until",))
         consecutive = self.number(data.get("consecutive", 1), where + ("consecutive",), int, 1)
+        confirm = self.confirmation(data, where)
         if steps is None and minutes is None:
             if "steps" not in data and "minutes" not in data:
                 self.add(where, "a budget needs steps, minutes or both (with `until`, they are the cap)")
             return None
-        return Budget(steps, minutes, until, consecutive or 1)
+        return Budget(steps, minutes, until, consecutive or 1, confirm)
+
+    def confirmation(self, data: Mapping[str, Any], where: tuple) -> int:
+        """`confirm`: how many validation utterances confirm a target (0: none)."""
+        if data.get("confirm") is None:
+            return 0
+        confirm = self.number(data["confirm"], where + ("confirm",), int, 1)
+        utterances = self.validated[2]
+        if confirm is None:
+            return 0
+        if "until" not in data:
+            self.add(where + ("confirm",), "confirms a quality target: add `until`")
+        elif confirm <= utterances:
+            self.add(where + ("confirm",), f"{confirm} must exceed validation.utterances ({utterances}): "
+                                           "it scores more utterances than a validation does")
+        return confirm
 
     def target(self, value: Any, where: tuple) -> tuple[tuple[str, float], ...]:
         """`until`: validation measure -> threshold, each measure one whose direction is known."""
@@ -477,7 +502,7 @@ class _Checker:
         data = self.mapping(value, where, tuple(value) if isinstance(value, dict) else ())
         if isinstance(value, dict) and not value:
             self.add(where, "expected at least one measure, e.g. {wer: 0.2}")
-        every, scored = self.validated
+        every, scored, _ = self.validated
         if data and not every:
             self.add(where, "a quality target needs validation (validation.every > 0)")
         target = []
@@ -513,7 +538,8 @@ def load_suite(path: str | Path) -> Suite:
         check.add(("name",) if "name" in data else (), f"suite name {values['name']!r}: use letters, digits, '-', '_' "
                   "or '.' only (it names run folders and README blocks)")
     values.update(_validation(check, data.get("validation")))  # first: a budget's `until` reads it
-    check.validated = (values.get("val_every", Suite.val_every), values.get("val_metrics") or ())
+    check.validated = (values.get("val_every", Suite.val_every), values.get("val_metrics") or (),
+                       values.get("val_utterances", Suite.val_utterances))
     values.update(_run_settings(check, data))
     values["evaluation"] = _evaluation(check, data.get("evaluation"))
     values["thresholds"] = _thresholds(check, data.get("thresholds"))

@@ -36,12 +36,12 @@ from tqdm.auto import tqdm
 from ttsbench import vocoders
 from ttsbench.audio import AudioConfig, natural_log_mel, read_mono
 from ttsbench.batches import Batch, Example, bucket_batches, collate, load_examples
-from ttsbench.data import Corpus
+from ttsbench.data import Corpus, Utterance
 from ttsbench.errors import CheckpointError, DeviceUnavailable, OptionError, UserError, first_line
 from ttsbench.fileio import atomic_path, atomic_write_json, atomic_write_jsonl, foreign_entries, read_json, read_jsonl
 from ttsbench.folders import TrainFolder
 from ttsbench.metrics.alignment import diagonal_score, focus_rate
-from ttsbench.metrics.convergence import higher_is_better
+from ttsbench.metrics.convergence import CONFIRMED, higher_is_better
 from ttsbench.metrics.quality import mel_l1_dtw, score, summarise, unheard
 from ttsbench.metrics.speaker import SpeakerReference
 from ttsbench.models import load_weights, read_checkpoint
@@ -88,6 +88,10 @@ class TrainOptions:
     # `until_consecutive` times in a row; steps and max_seconds then only cap a run that never does.
     until: tuple[tuple[str, float], ...] = ()
     until_consecutive: int = 1
+    # A few validation utterances are a noisy estimate: with `until_confirm`, a validation that
+    # meets the target on its `val_utterances` is scored again on this many validation utterances
+    # (the first `val_utterances` among them), and only that confirmation decides (0: none).
+    until_confirm: int = 0
     divergence_factor: float = 1e6  # a loss or gradient norm this many times its early level has diverged
     divergence_ceiling: float = 1e9  # ... and so has one above this, whatever its early level
 
@@ -103,6 +107,11 @@ class TrainOptions:
             raise ValueError(f"unknown vocoder {self.vocoder!r}; known: {', '.join(vocoders.NAMES)}")
         if self.until and not self.val_every:
             raise ValueError("a quality target (until) needs validation: set val_every")
+        if self.until_confirm and not self.until:
+            raise ValueError("until_confirm confirms a quality target: set until")
+        if self.until_confirm and self.until_confirm <= (self.val_utterances or 0):
+            raise ValueError(f"until_confirm ({self.until_confirm}) must exceed val_utterances "
+                             f"({self.val_utterances}): it scores more utterances than a validation does")
 
 
 @dataclass
@@ -260,6 +269,19 @@ def _to_float(value: Any) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """Validation utterances as the model reads them, their recordings, and the batch pads."""
+
+    examples: Sequence[Example]
+    recordings: Sequence[Path]
+    pads: Mapping[str, float]
+
+    def first(self, count: int | None) -> "ValidationSet":
+        """The first `count` utterances (None: all)."""
+        return ValidationSet(self.examples[:count], self.recordings[:count], self.pads)
+
+
 @dataclass
 class Validation:
     """What one validation gives.
@@ -285,6 +307,7 @@ def validate(
     audio_metrics: Sequence[str] = (),
     vocoder: str = vocoders.DEFAULT,
     keep_audio: bool = False,
+    teacher_forced: bool = True,
 ) -> Validation:
     """Model-agnostic validation: free-running synthesis scored against the recordings.
 
@@ -296,6 +319,7 @@ def validate(
     measures (MCD, WER, ...), as the final evaluation does; WER and CER are the corpus rates of
     the validation set. Returns mean metrics (NaN-skipping), the teacher-forced alignments and
     the vocoded audio (see `Validation`; with `keep_audio` it is vocoded even when not scored).
+    `teacher_forced` also hears the teacher-forced output (`teacher_forced_scores`).
     """
     if audio_metrics and len(recordings) != len(examples):
         raise ValueError("scoring validation audio needs one recording per validation example")
@@ -335,7 +359,8 @@ def validate(
             maps[f"{alignment.id}/durations"] = np.asarray(alignment.durations, dtype=np.int64)
     means = {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in metrics.items()}
     means.update({name: interval.value for name, interval in summarise(scored).items()})
-    means.update(teacher_forced_scores(alignments, examples, recordings, audio_metrics, voice))
+    if teacher_forced:
+        means.update(teacher_forced_scores(alignments, examples, recordings, audio_metrics, voice))
     return Validation(means, maps, heard)
 
 
@@ -515,15 +540,25 @@ class QualityTarget:
     """Stop once validation meets every threshold `consecutive` times in a row.
 
     Direction comes from each measure (WER falls, diagonal score rises); a measure missing
-    from a validation row, or NaN there, has not met its threshold.
+    from a validation row, or NaN there, has not met its threshold. With `confirm`, a row meets
+    the target only when its confirmation (`confirm_` + measure, scored on more utterances
+    because `screened` said the row's own few might have) does too.
     """
 
     thresholds: tuple[tuple[str, float], ...]
     consecutive: int = 1
+    confirm: bool = False
+
+    def screened(self, row: Mapping[str, Any]) -> bool:
+        """Whether the row's own measures meet every threshold."""
+        return self._meets(row, "")
 
     def met(self, row: Mapping[str, Any]) -> bool:
+        return self._meets(row, "") and (not self.confirm or self._meets(row, CONFIRMED))
+
+    def _meets(self, row: Mapping[str, Any], prefix: str) -> bool:
         for metric, threshold in self.thresholds:
-            value = row.get(metric)
+            value = row.get(prefix + metric)
             if value is None or not math.isfinite(value):
                 return False
             if not (value >= threshold if higher_is_better(metric) else value <= threshold):
@@ -576,6 +611,8 @@ class Trainer:
         self.guard = DivergenceGuard(options.divergence_factor, options.divergence_ceiling)
         self.saved_step: int | None = None  # the step of checkpoint.pt, once one is loaded or written
         self.reached_target: bool | None = None  # set by the loop when the run has a quality target
+        self.target = QualityTarget(options.until, options.until_consecutive, bool(options.until_confirm))
+        self.confirmation: ValidationSet | None = None  # set by `run` when the target is confirmed
         self.scalers = loss_scalers(model, self.device)
 
     # ---- the folder: what a resume must match --------------------------------------------------
@@ -701,25 +738,35 @@ class Trainer:
         pads = pad_values(model)
         train_set = LazyBatches([], load_model_examples(model, split["train"], options.progress),
                                 model.frame_multiple(), pads, self.device)
-        val_utts = split["val"][: options.val_utterances] if options.val_utterances else split["val"]
-        val_examples = load_model_examples(model, val_utts, options.progress)
-        val_recordings = [u.audio_path for u in val_utts]  # load_model_examples keeps their order
+        validation = self._validation_set(split["val"], pads)
         schedules = training_schedules(model)
         optimizers = ready_for_training(model, self.device)
         state = self._resume_or_start(optimizers, schedules, train_set)
         try:
-            last_losses = self._loop(optimizers, schedules, train_set, state, (val_examples, val_recordings, pads))
+            last_losses = self._loop(optimizers, schedules, train_set, state, validation)
         except TrainingDiverged as err:
             self._record_divergence(err, state)
             raise
         target = {} if self.reached_target is None else {"target": {
-            "until": dict(options.until), "consecutive": options.until_consecutive, "reached": self.reached_target}}
+            "until": dict(options.until), "consecutive": options.until_consecutive, "confirm": options.until_confirm,
+            "reached": self.reached_target}}
         self._write_result("finished", state, target)
         return TrainResult("finished", state.step, state.seconds, state.samples, self.out, last_losses,
                            reached_target=self.reached_target)
 
+    def _validation_set(self, utterances: Sequence[Utterance], pads: Mapping[str, float]) -> ValidationSet:
+        """What each validation scores, and (`until_confirm`) what confirms a target it meets."""
+        options = self.options
+        if options.val_utterances is not None:
+            utterances = utterances[: max(options.val_utterances, options.until_confirm)]
+        examples = load_model_examples(self.model, utterances, options.progress)
+        loaded = ValidationSet(examples, [u.audio_path for u in utterances], pads)  # the same order
+        if options.until_confirm:
+            self.confirmation = loaded.first(options.until_confirm)
+        return loaded.first(options.val_utterances)
+
     def _loop(self, optimizers: Mapping[str, torch.optim.Optimizer], schedules: Mapping[str, Schedule],
-              train_set: LazyBatches, state: TrainState, validation: tuple) -> dict[str, float]:
+              train_set: LazyBatches, state: TrainState, validation: ValidationSet) -> dict[str, float]:
         """Steps from `state.step` until the step or time budget ends; returns the last losses."""
         options = self.options
         plan = EpochPlan(train_set.lengths(), options.seed)
@@ -729,7 +776,7 @@ class Trainer:
         bar = tqdm(total=options.steps, initial=state.step, desc=self.model.name, unit="step",
                    disable=not options.progress)  # a pure wall-time budget has no known step count
         prefetch = Prefetcher(train_set)
-        target = QualityTarget(options.until, options.until_consecutive)
+        target = self.target
         val_rows = read_jsonl(self.folder.val)  # a resumed run counts the validations it already has
         self.model.train()
         try:
@@ -748,8 +795,8 @@ class Trainer:
                     state.step = step + 1
                     out_of_time = options.max_seconds is not None and state.seconds >= options.max_seconds
                     capped = step + 1 == last_step or out_of_time
-                    if options.val_every and ((step + 1) % options.val_every == 0 or capped) and validation[0]:
-                        val_rows.append(self._validate(*validation, state))
+                    if options.val_every and ((step + 1) % options.val_every == 0 or capped) and validation.examples:
+                        val_rows.append(self._validate(validation, state))
                         reached = target.reached(val_rows)
                     done = capped or reached
                     changed = any(previous.get(k) != v for k, v in values.items() if k != "lr")
@@ -781,16 +828,17 @@ class Trainer:
         self._write_result("diverged", state, {"reason": err.reason, "diverged_at_step": err.step,
                                                "checkpoint_step": saved})
 
-    def _validate(self, examples: Sequence[Example], recordings: Sequence[Path], pads: Mapping[str, float],
-                  state: TrainState) -> dict[str, Any]:
+    def _validate(self, validation: ValidationSet, state: TrainState) -> dict[str, Any]:
         """Validate now, append the row to val.jsonl and return it."""
         # infer and alignment switch to eval mode without autograd and back (TTSModel.evaluating)
-        result = validate(self.model, examples, pads, self.device, recordings, self.options.val_metrics,
-                          self.options.vocoder, keep_audio=any(o.wants_audio for o in self.observers))
+        result = validate(self.model, validation.examples, validation.pads, self.device, validation.recordings,
+                          self.options.val_metrics, self.options.vocoder,
+                          keep_audio=any(o.wants_audio for o in self.observers))
         metrics, maps = result.metrics, result.alignments
         change = duration_change(self.folder, state.step, maps)
         if change is not None:
             metrics["duration_change"] = change
+        metrics.update(self._confirm(metrics))
         if maps:
             self.folder.alignments.mkdir(exist_ok=True)
             np.savez_compressed(self.folder.alignment_path(state.step), **maps)
@@ -801,6 +849,18 @@ class Trainer:
         for observer in self.observers:
             observer.on_validation(row, maps, result.audio)
         return row
+
+    def _confirm(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The target's measures on the confirmation set (`confirm_` + name), scored only when this
+        validation's own few utterances met the target."""
+        if self.confirmation is None or not self.target.screened(metrics):
+            return {}
+        until = dict(self.options.until)
+        heard = [name for name in self.options.val_metrics if name in until]
+        result = validate(self.model, self.confirmation.examples, self.confirmation.pads, self.device,
+                          self.confirmation.recordings, heard, self.options.vocoder, teacher_forced=False)
+        # duration_change needs the previous validation's alignments: the validation's own stands
+        return {CONFIRMED + name: result.metrics.get(name, metrics.get(name, math.nan)) for name in until}
 
     def _write_result(self, status: str, state: TrainState, extra: dict[str, Any]) -> None:
         result = {

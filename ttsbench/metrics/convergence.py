@@ -19,6 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+# A validation row's measures scored again on more utterances to confirm a quality target
+# (train.QualityTarget); a curve of them, where present, decides when the target was reached.
+CONFIRMED = "confirm_"
 LOWER_IS_BETTER = {"mel_l1_dtw", "loss"}
 HIGHER_IS_BETTER = {"diagonal_score", "focus_rate", "free_diagonal_score", "free_focus_rate", "stopped"}
 

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ttsbench.metrics.convergence import time_to_threshold
-
+from ttsbench.metrics.convergence import CONFIRMED, time_to_threshold
 from ttsbench.metrics.quality import COUNT_PARTS, METRICS, count_keys
 from ttsbench.metrics.stats import Interval, mean_interval, rate_interval
 
@@ -81,9 +80,15 @@ def median_value(metric: str) -> Callable[[pd.DataFrame], float]:
 
 
 def time_to(metric: str, threshold: float, higher: bool, axis: str = "step") -> Callable[[pd.DataFrame], float]:
-    """Steps (or training seconds) until the validation curve first reaches `threshold`; inf if never."""
+    """Steps (or training seconds) until the validation curve first reaches `threshold`; inf if never.
+
+    Where a quality target confirmed the measure on more utterances (`val/confirm_...` rows, scored
+    only at validations whose own few utterances met it), the confirmed curve decides.
+    """
     def quantity(rows: pd.DataFrame) -> float:
-        curve = rows[rows["metric"] == metric][["step", "seconds", "value"]].rename(columns={"value": metric})
+        confirmed = "val/" + CONFIRMED + metric.removeprefix("val/")
+        name = confirmed if metric.startswith("val/") and (rows["metric"] == confirmed).any() else metric
+        curve = rows[rows["metric"] == name][["step", "seconds", "value"]].rename(columns={"value": metric})
         if curve.empty:
             return math.nan
         steps, seconds = time_to_threshold(curve.dropna(subset=[metric]), metric, threshold, higher)
