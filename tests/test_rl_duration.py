@@ -307,6 +307,10 @@ def test_each_remedy_switch_changes_behaviour(batch: Batch) -> None:
 
     no_entropy = losses_for(batch, categories, "entropy_weight=0")
     assert no_entropy["loss"] - base["loss"] == pytest.approx(0.01 * base["policy_entropy"], rel=1e-4)
+    decaying = build("entropy_decay_steps=100")
+    assert [decaying.entropy_weight(step) for step in (0, 50, 100, 200)] == pytest.approx([0.01, 0.005, 0.0, 0.0])
+    halfway = decaying.losses(batch, categories=categories, step=50)["loss"].item()
+    assert halfway - base["loss"] == pytest.approx(0.005 * base["policy_entropy"], rel=1e-4)
 
     no_length_penalty = losses_for(batch, categories, "length_penalty=0")
     assert no_length_penalty["reward_mean"] - base["reward_mean"] > 1e-4

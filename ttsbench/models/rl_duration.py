@@ -56,6 +56,9 @@ class Remedies:
                         "leave_one_out" over `samples_per_utterance` samples (Kool et al. 2019)
                         or "self_critical", the greedy rollout (arXiv 1612.00563) (remedy b).
     entropy_weight:     weight of an entropy bonus that keeps the policy exploring (remedy c).
+    entropy_decay_steps: > 0: the bonus falls linearly from `entropy_weight` to 0 over this
+                        many steps (exploration early, a sharp policy to imitate later); 0: a
+                        constant weight.
     length_penalty:     lambda of the reward term -lambda |sum d - T| / T (remedy d).
     reduction:          "sum": reward summed over frames and bins, pg loss summed over tokens,
                         so both grow with the utterance (published, defect 4). "mean": averaged
@@ -88,6 +91,7 @@ class Remedies:
     baseline: Baseline
     samples_per_utterance: int
     entropy_weight: float
+    entropy_decay_steps: int
     length_penalty: float
     reduction: Reduction
     penalise_unmatched: bool
@@ -103,6 +107,7 @@ VARIANT_REMEDIES: dict[str, Remedies] = {
         baseline="batch",
         samples_per_utterance=1,
         entropy_weight=0.0,
+        entropy_decay_steps=0,
         length_penalty=0.0,
         reduction="sum",
         penalise_unmatched=False,
@@ -116,6 +121,7 @@ VARIANT_REMEDIES: dict[str, Remedies] = {
         baseline="leave_one_out",
         samples_per_utterance=8,
         entropy_weight=0.01,
+        entropy_decay_steps=0,
         length_penalty=1.0,
         reduction="mean",
         penalise_unmatched=True,
@@ -145,6 +151,7 @@ class RLDurationConfig(ModelConfig):
     baseline: Baseline | None = None
     samples_per_utterance: int | None = None
     entropy_weight: float | None = None
+    entropy_decay_steps: int | None = None
     length_penalty: float | None = None
     reduction: Reduction | None = None
     penalise_unmatched: bool | None = None
@@ -169,6 +176,8 @@ class RLDurationConfig(ModelConfig):
         for name, allowed in choices.items():
             if getattr(remedies, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(remedies, name)!r}")
+        if remedies.entropy_decay_steps < 0:
+            raise ValueError(f"entropy_decay_steps must be >= 0, got {remedies.entropy_decay_steps}")
         if remedies.samples_per_utterance < 1:
             raise ValueError(f"samples_per_utterance must be >= 1, got {remedies.samples_per_utterance}")
         if remedies.baseline == "leave_one_out" and remedies.samples_per_utterance < 2:
@@ -437,10 +446,15 @@ class RLDuration(TTSModel):
 
     def training_step(self, batch: Batch, step: int, network: str = "model") -> dict[str, torch.Tensor]:
         """Both losses of one on-policy sample (one network: see the module docstring)."""
-        return self.losses(batch)
+        return self.losses(batch, step=step)
 
-    def losses(self, batch: Batch, categories: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Reconstruction + policy-gradient (+ entropy bonus) loss for one batch."""
+    def entropy_weight(self, step: int) -> float:
+        """The entropy bonus's weight at `step` (constant, or decaying to 0: `entropy_decay_steps`)."""
+        weight, decay = self.remedies.entropy_weight, self.remedies.entropy_decay_steps
+        return weight if decay == 0 else weight * max(0.0, 1.0 - step / decay)
+
+    def losses(self, batch: Batch, categories: torch.Tensor | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+        """Reconstruction + policy-gradient (+ entropy bonus) loss for one batch at `step`."""
         remedies = self.remedies
         text_mask = batch.text_mask
         states, logits = self.policy_logits(batch.text_ids, batch.text_lengths)
@@ -480,7 +494,7 @@ class RLDuration(TTSModel):
         # Defect 3 fixed by construction: both losses are backpropagated together, before the
         # single optimizer step. The reference stepped all weights on the mel loss and then ran
         # pg.backward() through the graph of the old weights (modified in place by the step).
-        loss = reconstruction_loss + pg_loss - remedies.entropy_weight * policy_entropy
+        loss = reconstruction_loss + pg_loss - self.entropy_weight(step) * policy_entropy
         extra: dict[str, torch.Tensor] = {}
         if remedies.imitation_weight > 0:
             extra["imitation_loss"] = self.imitation_loss(batch, log_probs, rollout, scores)
