@@ -191,3 +191,25 @@ def test_gradual_training_is_judged_on_time_to_intelligible_when_validation_scor
     target = [c for c in verdict.checks if c.name == "reaches the quality target sooner (steps)"]
     assert target[0].a_values == [200.0, 200.0] and target[0].b_values == [400.0, 400.0]
     assert "validation WER" in target[0].rule and target[0].verdict == HOLDS
+
+
+def test_the_readme_gets_one_row_per_check_in_the_suites_own_block(tmp_path):
+    from ttsbench.claims import Check, Verdict
+    from ttsbench.report import VERDICT_LEGEND, update_readme
+    from ttsbench.report.table import markdown_rows, verdict_rows
+
+    verdict = Verdict("gradual_training", "Gradual training converges sooner", FAILS, [
+        Check("sooner (steps)", "rule", FAILS, "gradual", "fixed", [1600.0, 1400.0], [600.0, math.inf]),
+        Check("learns", "rule", HOLDS, "remedied", "", [0.03], []),
+    ])
+    rows = verdict_rows([verdict])
+    assert rows[0] == {"claim": "Gradual training converges sooner", "verdict": FAILS, "check": "sooner (steps)",
+                       "result": FAILS, "per seed": "gradual: 1,600, 1,400; fixed: 600, never"}
+    assert rows[1]["claim"] == "" and rows[1]["per seed"] == "remedied: 0.03"
+    readme = tmp_path / "README.md"
+    readme.write_text("top\n<!-- results:start -->\nold summary\n<!-- results:end -->\n"
+                      "<!-- results:claims:start -->\nold verdicts\n<!-- results:claims:end -->\nend\n")
+    update_readme(readme, markdown_rows(rows), {"name": "claims"}, {"commit": "abc"}, VERDICT_LEGEND)
+    text = readme.read_text()
+    assert "old summary" in text and "old verdicts" not in text and text.endswith("end\n")
+    assert VERDICT_LEGEND in text and "| Gradual training converges sooner | does not hold |" in text

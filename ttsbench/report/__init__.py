@@ -24,7 +24,7 @@ from ttsbench.errors import RunStoreError, UserError
 from ttsbench.metrics.alignment import durations_path
 from ttsbench.metrics.summary import format_values
 from ttsbench.report import peer, plots
-from ttsbench.report.table import markdown_rows, markdown_summary, peer_table, summary_table
+from ttsbench.report.table import markdown_rows, markdown_summary, peer_table, summary_table, verdict_rows
 from ttsbench.options import VOCODERS
 from ttsbench.results import RunStore
 from ttsbench.suite import (
@@ -229,15 +229,23 @@ def build_report(run: str | Path, out: str | Path, benchmarks: str | Path | None
     html = templates.get_template("report.html.j2").render(**context)
     index = out / "index.html"
     index.write_text(html, "utf-8")
-    if readme:  # a suite of peers puts its pairs in the README, any other its summary
-        table = markdown_rows(peers) if peers else markdown_summary(columns, summary, README_COLUMNS)
-        update_readme(Path(readme), table, suite, environment)
+    if readme:  # a suite of peers puts its pairs in the README, one of claims its verdicts, any other its summary
+        if peers:
+            update_readme(Path(readme), markdown_rows(peers), suite, environment)
+        elif verdicts:
+            update_readme(Path(readme), markdown_rows(verdict_rows(verdicts)), suite, environment, VERDICT_LEGEND)
+        else:
+            update_readme(Path(readme), markdown_summary(columns, summary, README_COLUMNS), suite, environment)
     return index
 
 
 README_COLUMNS = ("intelligible s", "intelligible step", "align s", "align step", "steps", "train min", "parameters",
                   "MCD dB", "PESQ", "WER", "CER", "speaker sim", "MOS", "RTF", "hard fails")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+SUMMARY_LEGEND = "Cells: median over seeds (min–max) [95 % bootstrap interval over all seeds' test utterances]."
+VERDICT_LEGEND = ("A check holds when every seed of the first side beats every seed of the second, does not hold "
+                  "when every seed loses, and is inconclusive when the seed ranges overlap; a claim holds when all "
+                  "its checks do (ttsbench/claims.py). Times are training seconds or optimizer steps.")
 
 
 def readme_markers(text: str, suite_name: str) -> tuple[str, str]:
@@ -247,7 +255,8 @@ def readme_markers(text: str, suite_name: str) -> tuple[str, str]:
     return named if named[0] in text and named[1] in text else (README_START, README_END)
 
 
-def update_readme(path: Path, table: str, suite: Mapping[str, Any], environment: Mapping[str, Any]) -> None:
+def update_readme(path: Path, table: str, suite: Mapping[str, Any], environment: Mapping[str, Any],
+                  legend: str = SUMMARY_LEGEND) -> None:
     """Replace the README's generated results block for this suite (between its markers) with `table`."""
     text = path.read_text("utf-8")
     start, end = readme_markers(text, suite["name"])
@@ -257,8 +266,7 @@ def update_readme(path: Path, table: str, suite: Mapping[str, Any], environment:
             f"{environment.get('started', '?')}: {environment.get('device_name', '?')} "
             f"({environment.get('cpu_count', '?')} cores, {environment.get('threads', '?')} torch threads, "
             f"device {environment.get('device', '?')}), torch {environment.get('torch', '?')}, "
-            f"commit {str(environment.get('commit', '?'))[:12]}. Cells: median over seeds (min–max) "
-            "[95 % bootstrap interval over all seeds' test utterances].")
+            f"commit {str(environment.get('commit', '?'))[:12]}. {legend}")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{note}\n\n{table}\n{end}{tail}", "utf-8")

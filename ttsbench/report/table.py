@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ttsbench.claims import Verdict
 from ttsbench.metrics.stats import Interval
 from ttsbench.metrics.summary import (
     corpus_rate,
@@ -220,6 +221,29 @@ def _time_ratio(ours: tuple[float, bool], theirs: tuple[float, bool]) -> str:
         return "-"
     ratio = f"{other / mine:.2f}x"
     return (">" + ratio) if other_bound else ("<" + ratio) if mine_bound else ratio
+
+
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[dict[str, str]]:
+    """One row per check, the claim and its verdict on the claim's first row, with both sides'
+    per-seed values (for the README; the report shows each check's rule too)."""
+    rows = []
+    for verdict in verdicts:
+        for index, check in enumerate(verdict.checks):
+            sides = [(check.a, check.a_values), (check.b, check.b_values)]
+            rows.append({"claim": verdict.title if index == 0 else "", "verdict": verdict.verdict if index == 0 else "",
+                         "check": check.name, "result": check.verdict,
+                         "per seed": "; ".join(f"{name}: {_seed_values(values)}" for name, values in sides if name)})
+    return rows
+
+
+def _seed_values(values: Sequence[float]) -> str:
+    def one(v: float) -> str:
+        if math.isinf(v):
+            return "never"
+        if math.isnan(v):
+            return "-"
+        return f"{v:,.0f}" if v.is_integer() and abs(v) >= 100 else f"{v:.3g}"
+    return ", ".join(one(v) for v in values) or "-"
 
 
 def markdown_rows(rows: Sequence[Mapping[str, str]]) -> str:
