@@ -31,6 +31,11 @@ systems:
 """
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture
 def suite_file(tmp_path: Path) -> Path:
     path = tmp_path / "planned.yaml"
@@ -46,6 +51,10 @@ def test_plan_lists_every_job_its_budget_and_the_cost_of_the_time_caps(suite_fil
     [row] = [" ".join(line.split()) for line in lines if line.startswith("glow-tts_seed2")]
     assert row.startswith("glow-tts_seed2 glow-tts tiny 2 until wer 0.2 (2x), at most 90 min") and row.endswith("pending")
     assert "500 steps" in text and text.count("pending") == 7  # the reference job and 6 training jobs
+    confirmed = load_suite(_write(suite_file, SUITE.replace("consecutive: 2", "confirm: 20")))
+    [row] = [" ".join(line.split()) for line in plan_lines(confirmed, plan_jobs(confirmed, None), "")
+             if line.startswith("glow-tts_seed2")]
+    assert "until wer 0.2 (confirmed on 20 utterances), at most 90 min" in row
     # 3 glow-tts jobs x 1.5 h; the step-budget jobs have no known time
     assert "at most 4.5 device-hours of training for the jobs to run" in text
     assert "$11.25 at $2.5/h; 2.2 h of wall time at 2 at a time" in text

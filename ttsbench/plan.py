@@ -65,8 +65,9 @@ class PlannedJob:
         text = " or ".join(c for c in caps if c)
         if budget.until:
             target = ", ".join(f"{m} {t:g}" for m, t in budget.until)
-            confirmed = f", confirmed on {budget.confirm} utterances" if budget.confirm else ""
-            text = f"until {target} ({budget.consecutive}x{confirmed}), at most {text}"
+            rule = [f"{budget.consecutive}x"] if budget.consecutive > 1 or not budget.confirm else []
+            rule += [f"confirmed on {budget.confirm} utterances"] if budget.confirm else []
+            text = f"until {target} ({', '.join(rule)}), at most {text}"
         return text
 
 
