@@ -68,7 +68,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -406,13 +406,20 @@ def _explicit_tags(text: str, file: Path) -> list[str]:
             for event in yaml.parse(text) if getattr(event, "tag", None) is not None]
 
 
+class Validated(NamedTuple):
+    """The suite's validation settings a budget's `until` and `confirm` are checked against."""
+
+    every: int
+    metrics: tuple[str, ...]
+    utterances: int
+
+
 class _Checker:
     """Collects problems as `FILE:LINE: key.path: message`."""
 
     def __init__(self, path: Path, lines: dict[tuple, int]):
         self.path, self.lines, self.problems = path, lines, []
-        # validation every, metrics, utterances: what a budget's `until` and `confirm` are checked against
-        self.validated: tuple[int, tuple[str, ...], int] = (Suite.val_every, (), Suite.val_utterances)
+        self.validated = Validated(Suite.val_every, (), Suite.val_utterances)
 
     def add(self, where: tuple, message: str) -> None:
         probe = where
@@ -485,9 +492,9 @@ class _Checker:
         if data.get("confirm") is None:
             return 0
         confirm = self.number(data["confirm"], where + ("confirm",), int, 1)
-        utterances = self.validated[2]
         if confirm is None:
             return 0
+        utterances = self.validated.utterances
         if "until" not in data:
             self.add(where + ("confirm",), "confirms a quality target: add `until`")
         elif confirm <= utterances:
@@ -502,7 +509,7 @@ class _Checker:
         data = self.mapping(value, where, tuple(value) if isinstance(value, dict) else ())
         if isinstance(value, dict) and not value:
             self.add(where, "expected at least one measure, e.g. {wer: 0.2}")
-        every, scored, _ = self.validated
+        every, scored = self.validated.every, self.validated.metrics
         if data and not every:
             self.add(where, "a quality target needs validation (validation.every > 0)")
         target = []
@@ -538,8 +545,8 @@ def load_suite(path: str | Path) -> Suite:
         check.add(("name",) if "name" in data else (), f"suite name {values['name']!r}: use letters, digits, '-', '_' "
                   "or '.' only (it names run folders and README blocks)")
     values.update(_validation(check, data.get("validation")))  # first: a budget's `until` reads it
-    check.validated = (values.get("val_every", Suite.val_every), values.get("val_metrics") or (),
-                       values.get("val_utterances", Suite.val_utterances))
+    check.validated = Validated(values.get("val_every", Suite.val_every), values.get("val_metrics") or (),
+                                values.get("val_utterances", Suite.val_utterances))
     values.update(_run_settings(check, data))
     values["evaluation"] = _evaluation(check, data.get("evaluation"))
     values["thresholds"] = _thresholds(check, data.get("thresholds"))
